@@ -1,0 +1,91 @@
+"""A trained model, loaded for use: sample from it, evaluate it, stream from it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .corpus import normalise_ascii
+from .evaluate import EvalResult, evaluate_ids
+from .model import CharRNN, ModelConfig
+from .runtime import resolve_device
+from .sample import SampleSettings, sample, stream_samples
+from .vocab import Vocab
+
+
+@dataclass
+class CharModel:
+    """A trained character model with its vocabulary and the text normalisation it expects."""
+
+    model: CharRNN
+    vocab: Vocab
+    ascii: bool
+    meta: dict
+    path: Path
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def training(self) -> dict:
+        """What config.json records about training: iterations, losses, text source."""
+        return self.meta.get("training") or {}
+
+    def normalise(self, text: str) -> str:
+        """``text`` as the model saw its training text (ASCII-normalised if it was)."""
+        return normalise_ascii(text) if self.ascii else text
+
+    def sample(
+        self,
+        prime: str = "Th",
+        length: int = 200,
+        temperature: float = SampleSettings.temperature,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+        num_samples: int = 1,
+        seed: int | None = None,
+    ) -> list[str]:
+        """``num_samples`` texts: the prime followed by exactly ``length`` new characters."""
+        settings = SampleSettings(temperature, top_k, top_p, greedy)
+        return sample(
+            self.model, self.vocab, self.normalise(prime), length, settings, num_samples, seed
+        )
+
+    def stream(
+        self,
+        prime: str = "Th",
+        length: int = 200,
+        temperature: float = SampleSettings.temperature,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """The new characters of one sample, yielded as they are generated."""
+        settings = SampleSettings(temperature, top_k, top_p, greedy)
+        for pieces in stream_samples(
+            self.model, self.vocab, self.normalise(prime), length, settings, 1, seed
+        ):
+            if pieces[0]:
+                yield pieces[0]
+
+    def evaluate(self, text: str, **kwargs) -> EvalResult:
+        """Mean loss (nats/char), bits/char and perplexity on ``text``, state carried through."""
+        ids = self.vocab.encode(self.normalise(text), what="text")
+        return evaluate_ids(self.model, torch.from_numpy(ids.copy()), **kwargs)
+
+
+def load(path: str | os.PathLike, which: str = ckpt.BEST, device: str = "cpu") -> CharModel:
+    """Load a run directory (its ``best`` checkpoint, else ``latest``) or a checkpoint folder."""
+    folder = ckpt.resolve_checkpoint(path, which)
+    checkpoint = ckpt.load_checkpoint(folder)
+    model = checkpoint.build_model(resolve_device(device))
+    model.eval()
+    return CharModel(model, checkpoint.vocab, checkpoint.ascii, checkpoint.meta, folder)

@@ -1,0 +1,374 @@
+"""The ``charloom`` command: argument parsing and error reporting only.
+
+Every subcommand calls the Python API; a :class:`CharloomError` becomes one line,
+``charloom: error: ...``, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import fields
+
+from ._version import __version__
+from .errors import CharloomError
+
+# Flags of ``train`` that map one-to-one onto TrainConfig / ModelConfig fields (dest == field).
+_MODEL_FLAGS = ("kind", "layers", "hidden", "embed", "dropout")
+# Settings that a resumed run may change; everything else is fixed by the run.
+_RESUMABLE = {
+    "iters",
+    "time",
+    "eval_every",
+    "sample_every",
+    "log_every",
+    "checkpoint_every",
+    "device",
+    "threads",
+    "sample_prime",
+    "sample_length",
+    "sample_temperature",
+    "tensorboard",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit status 2, no usage dump
+        raise CharloomError(f"{message} (see: {self.prog} --help)")
+
+
+def _int_at_least(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, not {value}")
+        return value
+
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _clip(text: str) -> float | None:
+    if text.lower() in ("none", "off", "0"):
+        return None
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0 (or 'none' for no clipping)")
+    return value
+
+
+def _duration(text: str) -> float:
+    from .config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except CharloomError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _text_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--corpus", metavar="NAME", help="a built-in corpus instead of files (python-docs)"
+    )
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the files (default utf-8)")
+    p.add_argument(
+        "--errors",
+        default="strict",
+        choices=("strict", "replace", "ignore"),
+        help="what to do with undecodable bytes (default: strict, stop with an error)",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from .config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES
+    from .model import MODEL_KINDS, PATHS
+    from .presets import preset_names
+    from .vocab import VOCAB_KINDS
+
+    parser = _Parser(
+        prog="charloom",
+        description="Character-level recurrent language models: train, sample, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"charloom {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    S = argparse.SUPPRESS
+
+    # --- train --------------------------------------------------------------------------
+    t = sub.add_parser(
+        "train",
+        help="train a model on text",
+        description=(
+            "Train a character model. TEXT: files, folders or glob patterns (default: the built-in "
+            "python-docs corpus). Flags override the preset."
+        ),
+    )
+    t.add_argument("text", nargs="*", metavar="TEXT")
+    _text_args(t)
+    t.add_argument("--preset", help=f"named settings: {', '.join(preset_names())} (default small)")
+    t.add_argument("--out", metavar="DIR", help="run directory (default runs/<name>)")
+    t.add_argument("--name", help="run name for the default run directory")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--resume", metavar="DIR", help="continue the run in DIR where it stopped")
+    t.add_argument("--vocab", choices=VOCAB_KINDS, default=S)
+    t.add_argument(
+        "--ascii",
+        action="store_true",
+        default=S,
+        help="normalise text to ASCII (unidecode, collapse runs of spaces)",
+    )
+    t.add_argument("--model", dest="kind", choices=MODEL_KINDS, default=S)
+    t.add_argument("--layers", type=_int_at_least(1), default=S)
+    t.add_argument("--hidden", type=_int_at_least(1), default=S)
+    t.add_argument("--embed", type=_int_at_least(1), default=S)
+    t.add_argument("--dropout", type=_finite_float, default=S)
+    t.add_argument(
+        "--path",
+        choices=PATHS,
+        default=S,
+        help="fused nn.LSTM/GRU/RNN (fast) or the per-step cell loop (the lecture's)",
+    )
+    t.add_argument("--batching", choices=("stream", "portions"), default=S)
+    t.add_argument("--batch-size", type=_int_at_least(1), default=S)
+    t.add_argument("--seq-len", type=_int_at_least(1), default=S)
+    t.add_argument("--val-fraction", type=_finite_float, default=S)
+    t.add_argument("--optimizer", choices=OPTIMIZERS, default=S)
+    t.add_argument("--lr", type=_finite_float, default=S)
+    t.add_argument("--weight-decay", type=_finite_float, default=S)
+    t.add_argument("--grad-clip", type=_clip, default=S, help="max gradient norm, or 'none'")
+    t.add_argument("--schedule", choices=SCHEDULES, default=S)
+    t.add_argument("--warmup", type=_int_at_least(0), default=S)
+    t.add_argument("--min-lr-ratio", type=_finite_float, default=S)
+    t.add_argument("--iters", type=_int_at_least(1), default=S)
+    t.add_argument("--time", type=_duration, default=S, help="wall-clock budget: 90s, 5m, 2h")
+    t.add_argument("--precision", choices=PRECISIONS, default=S)
+    t.add_argument("--device", choices=DEVICES, default=S)
+    t.add_argument("--seed", type=_int_at_least(0), default=S)
+    t.add_argument("--threads", type=_int_at_least(1), default=S)
+    t.add_argument("--eval-every", type=_int_at_least(1), default=S)
+    t.add_argument("--sample-every", type=_int_at_least(1), default=S)
+    t.add_argument("--log-every", type=_int_at_least(1), default=S)
+    t.add_argument("--checkpoint-every", type=_int_at_least(1), default=S)
+    t.add_argument("--sample-prime", default=S)
+    t.add_argument("--sample-length", type=_int_at_least(0), default=S)
+    t.add_argument("--sample-temperature", type=_finite_float, default=S)
+    t.add_argument("--tensorboard", action="store_true", default=S)
+    t.add_argument("--quiet", action="store_true", help="no console output")
+    t.add_argument("--no-bar", action="store_true", help="no progress bar")
+
+    # --- sample -------------------------------------------------------------------------
+    s = sub.add_parser("sample", help="generate text from a trained model")
+    s.add_argument("run", metavar="RUN", help="run directory or checkpoint folder")
+    s.add_argument("--prime", default="Th", help='text to start from (default "Th")')
+    s.add_argument("--length", type=int, default=200, help="new characters to generate")
+    s.add_argument("--temperature", type=_finite_float, default=0.8)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=_finite_float, default=None)
+    s.add_argument("--greedy", action="store_true", help="always take the likeliest character")
+    s.add_argument("--num-samples", type=_int_at_least(1), default=1)
+    s.add_argument("--seed", type=_int_at_least(0), default=None, help="same seed, same text")
+    s.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    s.add_argument("--device", choices=DEVICES, default="cpu")
+
+    # --- eval ---------------------------------------------------------------------------
+    e = sub.add_parser("eval", help="loss, bits per char and perplexity on a text")
+    e.add_argument("run", metavar="RUN")
+    e.add_argument("text", nargs="*", metavar="TEXT")
+    _text_args(e)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    e.add_argument("--device", choices=DEVICES, default="auto")
+
+    # --- info ---------------------------------------------------------------------------
+    i = sub.add_parser("info", help="what a run holds: model, vocabulary, training")
+    i.add_argument("run", metavar="RUN")
+    i.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    i.add_argument("--json", action="store_true")
+    return parser
+
+
+# --- commands ------------------------------------------------------------------------------
+def _overrides(args: argparse.Namespace) -> dict:
+    from .config import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)} | set(_MODEL_FLAGS)
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .presets import preset_config
+    from .reporting import attach_reporting
+    from .train import load_trainer, train
+
+    overrides = _overrides(args)
+    console = not args.quiet
+    if args.resume:
+        fixed = sorted(set(overrides) - _RESUMABLE)
+        if fixed or args.preset or args.text or args.corpus or args.out:
+            bad = ", ".join("--" + f.replace("_", "-") for f in fixed) or "text/--preset/--out"
+            raise CharloomError(
+                f"{bad} cannot be given with --resume: a resumed run keeps its settings "
+                "(only the budget and reporting can change)"
+            )
+        trainer = load_trainer(args.resume, overrides)
+        attach_reporting(trainer, console=console, bar=not args.no_bar)
+        trainer.run()
+        return 0
+    config = preset_config(args.preset, **overrides)
+    train(
+        config,
+        paths=args.text,
+        corpus=args.corpus,
+        encoding=args.encoding,
+        errors=args.errors,
+        out=args.out,
+        overwrite=args.overwrite,
+        name=args.name,
+        console=console,
+        progress_bar=not args.no_bar,
+    )
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .api import load
+
+    model = load(args.run, which=args.checkpoint, device=args.device)
+    kwargs = dict(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        greedy=args.greedy,
+        seed=args.seed,
+    )
+    out = sys.stdout
+    if args.num_samples == 1:
+        stream = model.stream(args.prime, args.length, **kwargs)  # validates before printing
+        first = next(stream, "")
+        out.write(model.normalise(args.prime) + first)
+        out.flush()
+        for piece in stream:
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+    else:
+        texts = model.sample(args.prime, args.length, num_samples=args.num_samples, **kwargs)
+        for n, text in enumerate(texts):
+            if n:
+                out.write("\n")
+            out.write(text + "\n")
+    out.flush()
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .api import load
+    from .corpus import read_text
+
+    model = load(args.run, which=args.checkpoint, device=args.device)
+    text, source = read_text(args.text, args.corpus, encoding=args.encoding, errors=args.errors)
+    result = model.evaluate(text)
+    if result.chars == 0:
+        raise CharloomError(f"the text from {source.describe()} is too short to evaluate (1 char)")
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(
+            f"{source.describe()}: {result.chars:,} chars  loss {result.loss:.4f} nats/char  "
+            f"{result.bpc:.4f} bits/char  perplexity {result.perplexity:.3f}"
+        )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .api import load
+
+    m = load(args.run, which=args.checkpoint)
+    cfg = m.config
+    tr = m.training
+    info = {
+        "checkpoint": str(m.path),
+        "charloom_version": m.meta.get("charloom_version"),
+        "model": cfg.to_dict(),
+        "parameters": m.model.num_parameters(),
+        "vocab": {"kind": m.vocab.kind, "size": m.vocab.size, "ascii": m.ascii},
+        "training": tr,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    chars = "".join(m.vocab.chars)
+    shown = repr(chars if len(chars) <= 80 else chars[:80] + "...") if chars else "all 256 bytes"
+
+    def num(key, default=None):
+        value = tr.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return value if ok else default
+
+    def fmt(x):
+        return "-" if x is None else f"{x:.4f}"
+
+    print(f"checkpoint    {m.path}")
+    print(
+        f"model         {cfg.kind} {cfg.layers}x{cfg.hidden}, embed {cfg.embed}, "
+        f"dropout {cfg.dropout}"
+    )
+    print(f"parameters    {info['parameters']:,}")
+    norm = " (ASCII-normalised)" if m.ascii else ""
+    print(f"vocabulary    {m.vocab.kind}, {m.vocab.size} symbols{norm}: {shown}")
+    print(
+        f"trained       {num('iterations', 0):,} iterations, {num('chars_seen', 0):,} chars, "
+        f"{num('elapsed_s', 0):.1f} s"
+    )
+    print(f"train loss    {fmt(num('train_loss'))} nats/char")
+    best = num("best_val_loss")
+    bpc = (
+        f" ({best / math.log(2):.4f} bits/char, iteration {tr.get('best_iteration')})"
+        if best
+        else ""
+    )
+    print(f"best val      {fmt(best)} nats/char{bpc}")
+    src = tr.get("source") if isinstance(tr.get("source"), dict) else {}
+    paths = src.get("paths") if isinstance(src.get("paths"), list) else []
+    print(f"text          {src.get('corpus') or ', '.join(map(str, paths)) or '-'}")
+    print(f"charloom      {info['charloom_version']}")
+    return 0
+
+
+_COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        return _COMMANDS[args.command](args)
+    except CharloomError as exc:
+        print(f"charloom: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("charloom: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (charloom sample ... | head): not an error of ours. Point stdout
+        # at /dev/null so the interpreter's final flush does not complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0

@@ -1,0 +1,195 @@
+"""CharRNN: embedding -> recurrent stack -> linear head, with two execution paths.
+
+Shapes, used throughout the project:
+
+- ``ids``: ``(B, T)`` integer character ids;
+- ``logits``: ``(B, T, V)``;
+- ``state``: a tuple of ``(L, B, H)`` tensors - ``(h, c)`` for an LSTM, ``(h,)`` for GRU/RNN.
+  ``None`` means the zero state.
+
+The **fused** path runs the whole sequence through ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (one call,
+cuDNN/oneDNN kernels). The **cell** path is the lecture's: ``nn.LSTMCell`` (or GRUCell/RNNCell)
+stepped one character at a time, layer by layer. Both read the *same* parameters - the cell path
+borrows the fused module's weights with ``torch.func.functional_call`` - so a checkpoint has one
+set of names, and the slow, obviously-correct path is the reference the fast one is tested
+against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .errors import CharloomError
+
+MODEL_KINDS = ("lstm", "gru", "rnn")
+PATHS = ("fused", "cell")
+
+_RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+_CELL_CLASSES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
+
+# Upper bounds a saved or requested configuration must respect, checked before any allocation.
+_LIMITS = {"layers": 64, "hidden": 65_536, "embed": 65_536, "vocab_size": 1_114_112}
+_MAX_PARAMETERS = 4_000_000_000
+
+State = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a CharRNN's shape. The one home of model defaults."""
+
+    kind: str = "lstm"
+    vocab_size: int = 0
+    embed: int = 64
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        """Refuse impossible or absurd settings with a :class:`CharloomError`."""
+        if self.kind not in MODEL_KINDS:
+            raise CharloomError(
+                f"unknown model {self.kind!r}; choose one of: {', '.join(MODEL_KINDS)}"
+            )
+        for name, hi in _LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+                raise CharloomError(f"model {name} must be an integer in 1..{hi}, not {value!r}")
+        d = self.dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 <= d < 1.0:
+            raise CharloomError(f"dropout must be in [0, 1), not {d!r}")
+        if self.parameter_count() > _MAX_PARAMETERS:
+            raise CharloomError(
+                f"a model of {self.parameter_count():,} parameters is too large for charloom"
+            )
+
+    def parameter_count(self) -> int:
+        """Number of parameters, computed without building the model."""
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.kind]
+        n = self.vocab_size * self.embed
+        for layer in range(self.layers):
+            inp = self.embed if layer == 0 else self.hidden
+            n += gates * self.hidden * (inp + self.hidden + 2)
+        return n + self.hidden * self.vocab_size + self.vocab_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise CharloomError("the saved model settings are not an object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CharloomError(f"unknown model settings in config: {', '.join(unknown)}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+
+class CharRNN(nn.Module):
+    """Character-level recurrent language model."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embed)
+        # The fused module owns the recurrent weights (weight_ih_l0, weight_hh_l0, ...).
+        self.rnn = _RNN_CLASSES[config.kind](
+            config.embed,
+            config.hidden,
+            num_layers=config.layers,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.head = nn.Linear(config.hidden, config.vocab_size)
+        # Cell modules for the per-step path; they hold no parameters of their own (their
+        # weights are swapped for the fused module's at call time), so they are not registered.
+        self._cells = [
+            _CELL_CLASSES[config.kind](
+                config.embed if layer == 0 else config.hidden, config.hidden, device="meta"
+            )
+            for layer in range(config.layers)
+        ]
+
+    @property
+    def is_lstm(self) -> bool:
+        return self.config.kind == "lstm"
+
+    def zero_state(self, batch: int, device=None, dtype=None) -> State:
+        """The all-zero state for ``batch`` sequences."""
+        p = self.head.weight
+        shape = (self.config.layers, batch, self.config.hidden)
+        z = torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)
+        return (z, z.clone()) if self.is_lstm else (z,)
+
+    def forward(
+        self, ids: torch.Tensor, state: State | None = None, path: str = "fused"
+    ) -> tuple[torch.Tensor, State]:
+        """``ids (B, T)`` -> ``logits (B, T, V)``, new state (see module docstring)."""
+        if path == "fused":
+            out, state = self._fused(ids, state)
+        elif path == "cell":
+            out, state = self._cell(ids, state)
+        else:
+            raise ValueError(f"unknown path {path!r}")
+        return self.head(out), state
+
+    def _fused(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        x = self.embedding(ids)
+        if state is None:
+            out, new = self.rnn(x)
+        else:
+            out, new = self.rnn(x, state if self.is_lstm else state[0])
+        return out, (tuple(new) if self.is_lstm else (new,))
+
+    def _cell_weights(self, layer: int) -> dict[str, torch.Tensor]:
+        r = self.rnn
+        return {
+            "weight_ih": getattr(r, f"weight_ih_l{layer}"),
+            "weight_hh": getattr(r, f"weight_hh_l{layer}"),
+            "bias_ih": getattr(r, f"bias_ih_l{layer}"),
+            "bias_hh": getattr(r, f"bias_hh_l{layer}"),
+        }
+
+    def _cell(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        # The lecture's loop: one character at a time, through each layer in turn.
+        batch, steps = ids.shape
+        if state is None:
+            state = self.zero_state(batch)
+        hs = list(state[0].unbind(0))
+        cs = list(state[1].unbind(0)) if self.is_lstm else None
+        weights = [self._cell_weights(layer) for layer in range(self.config.layers)]
+        drop = self.config.dropout if (self.training and self.config.layers > 1) else 0.0
+        x = self.embedding(ids)  # (B, T, E)
+        outputs = []
+        for t in range(steps):
+            inp = x[:, t]
+            for layer, cell in enumerate(self._cells):
+                if layer > 0 and drop:
+                    inp = nn.functional.dropout(inp, drop, training=True)
+                if cs is not None:
+                    hs[layer], cs[layer] = functional_call(
+                        cell, weights[layer], (inp, (hs[layer], cs[layer]))
+                    )
+                else:
+                    hs[layer] = functional_call(cell, weights[layer], (inp, hs[layer]))
+                inp = hs[layer]
+            outputs.append(inp)
+        out = torch.stack(outputs, dim=1)  # (B, T, H)
+        new = (torch.stack(hs), torch.stack(cs)) if cs is not None else (torch.stack(hs),)
+        return out, new
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the graph behind ``state`` (truncated back-propagation through time)."""
+    return None if state is None else tuple(s.detach() for s in state)

@@ -1,0 +1,228 @@
+"""What a training run reports, hung off the trainer's events: the console (a progress bar, or
+the lecture's printed lines), ``metrics.jsonl``, ``samples.txt``, the loss plots and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import CharloomError
+from .plot import plot_run, read_metrics
+from .train import METRICS_FILE, SAMPLES_FILE, Trainer
+
+PLOT_FILES = ("loss.png", "loss.pdf")
+
+
+def require_tensorboard():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise CharloomError(
+            "--tensorboard needs the tensorboard package: pip install 'charloom[tensorboard]'"
+        ) from None
+    return SummaryWriter
+
+
+class Metrics:
+    """Appends one JSON line per log and evaluation to ``metrics.jsonl``; keeps them for plots."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.path = trainer.run_dir / METRICS_FILE
+        self.records = read_metrics(self.path)  # earlier lines of a resumed run
+
+    def _append(self, rec: dict) -> None:
+        self.records.append(rec)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    def on_log(self, t: Trainer) -> None:
+        self._append(
+            {
+                "iter": t.iteration,
+                "time": round(t.elapsed, 3),
+                "train_loss": t.window_loss,
+                "lr": t.lr,
+                "chars_per_s": round(t.chars_per_s, 1),
+            }
+        )
+
+    def on_eval(self, t: Trainer) -> None:
+        v = t.last_val
+        self._append(
+            {"iter": t.iteration, "time": round(t.elapsed, 3), "val_loss": v.loss, "val_bpc": v.bpc}
+        )
+
+
+class Plots:
+    """Redraws ``loss.png`` and ``loss.pdf`` from the metrics (evaluations, samples, end)."""
+
+    def __init__(self, trainer: Trainer, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.outputs = [trainer.run_dir / f for f in PLOT_FILES]
+        self.title = trainer.run_dir.name
+
+    def draw(self, t: Trainer) -> None:
+        if self.metrics.records:
+            plot_run(self.metrics.records, self.outputs, title=self.title)
+
+
+class Samples:
+    """Appends each training sample to ``samples.txt``."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.path = trainer.run_dir / SAMPLES_FILE
+
+    def on_sample(self, t: Trainer) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(f"--- iteration {t.iteration} ---\n{t.sample_text}\n\n")
+
+
+class Console:
+    """A progress bar (iteration, chars/s, loss, ETA) with evaluations and samples printed
+    above it; or, for the ``seed`` preset, the lecture's own lines."""
+
+    def __init__(self, trainer: Trainer, stream=None, bar: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.lecture = trainer.config.log_style == "lecture"
+        self.bar = None
+        self.use_bar = bar and not self.lecture
+        self.start = time.perf_counter()
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def on_start(self, t: Trainer) -> None:
+        cfg = t.config
+        if t.resume_note:
+            self.write(f"charloom: {t.resume_note}")
+        where = (
+            f"resuming {t.run_dir} at iteration {t.iteration}"
+            if t.resumed_from
+            else f"training into {t.run_dir}"
+        )
+        budget = f"{cfg.time:g} s" if cfg.time is not None else f"{cfg.iters} iterations"
+        self.write(
+            f"charloom: {where}: {cfg.model.kind} {cfg.model.layers}x{cfg.model.hidden}, "
+            f"{t.model.num_parameters():,} parameters, vocabulary {t.data.vocab.kind} "
+            f"({t.data.vocab.size}), {len(t.data.train):,} training / {len(t.data.val):,} "
+            f"validation chars, {budget}, device {t.device.type}"
+        )
+        if self.use_bar:
+            from tqdm import tqdm
+
+            if cfg.time is not None:
+                self.bar = tqdm(
+                    total=round(cfg.time),
+                    initial=round(t.elapsed),
+                    unit="s",
+                    file=self.stream,
+                    dynamic_ncols=True,
+                    leave=True,
+                )
+            else:
+                self.bar = tqdm(
+                    total=cfg.iters,
+                    initial=t.iteration,
+                    unit="it",
+                    file=self.stream,
+                    dynamic_ncols=True,
+                    leave=True,
+                )
+        self._shown = t.iteration
+
+    def on_log(self, t: Trainer) -> None:
+        if self.lecture:
+            minutes = (time.perf_counter() - self.start) / 60
+            self.write(f"Time elapsed: {minutes:.2f} min")
+            self.write(f"Iteration {t.iteration} | Loss {t.window_loss:.2f}\n")
+            return
+        if self.bar is not None:
+            if t.config.time is not None:
+                self.bar.n = min(round(t.elapsed), self.bar.total)
+                self.bar.refresh()
+            else:
+                self.bar.update(t.iteration - self._shown)
+            self._shown = t.iteration
+            self.bar.set_postfix(loss=f"{t.window_loss:.3f}", chars_s=f"{t.chars_per_s:,.0f}")
+
+    def on_eval(self, t: Trainer) -> None:
+        if self.lecture:
+            return
+        v = t.last_val
+        best = " (best)" if t.best_iter == t.iteration else ""
+        self.write(
+            f"iter {t.iteration}: train {t.window_loss:.4f}  val {v.loss:.4f} nats/char "
+            f"= {v.bpc:.4f} bits/char{best}"
+        )
+
+    def on_sample(self, t: Trainer) -> None:
+        if self.lecture:
+            self.write(f"{t.sample_text}\n")
+            self.write("=" * 50)
+        else:
+            self.write(f"--- sample at iteration {t.iteration} ---\n{t.sample_text}\n---")
+
+    def on_end(self, t: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        best = f", best validation {t.best_val:.4f} nats/char" if t.best_val is not None else ""
+        self.write(
+            f"charloom: done: {t.iteration} iterations in {t.elapsed:.1f} s{best}; "
+            f"run in {t.run_dir} (sample it: charloom sample {t.run_dir})"
+        )
+
+
+class TensorBoard:
+    def __init__(self, trainer: Trainer) -> None:
+        writer_cls = require_tensorboard()
+        self.writer = writer_cls(log_dir=str(Path(trainer.run_dir) / "tensorboard"))
+
+    def on_log(self, t: Trainer) -> None:
+        self.writer.add_scalar("loss/train", t.window_loss, t.iteration)
+        self.writer.add_scalar("lr", t.lr, t.iteration)
+        self.writer.add_scalar("chars_per_s", t.chars_per_s, t.iteration)
+
+    def on_eval(self, t: Trainer) -> None:
+        self.writer.add_scalar("loss/val", t.last_val.loss, t.iteration)
+        self.writer.add_scalar("bpc/val", t.last_val.bpc, t.iteration)
+
+    def on_sample(self, t: Trainer) -> None:
+        self.writer.add_text("sample", t.sample_text, t.iteration)
+
+    def on_end(self, t: Trainer) -> None:
+        self.writer.close()
+
+
+def attach_reporting(trainer: Trainer, console: bool = True, bar: bool = True) -> None:
+    """Hang the standard reporters on ``trainer``'s events (done on ``start``, once the run
+    directory exists)."""
+
+    def setup(t: Trainer) -> None:
+        metrics = Metrics(t)
+        plots = Plots(t, metrics)
+        samples = Samples(t)
+        t.add_callback("log", metrics.on_log)
+        t.add_callback("eval", metrics.on_eval)
+        t.add_callback("sample", samples.on_sample)
+        for event in ("eval", "sample", "end"):
+            t.add_callback(event, plots.draw)
+        if t.config.log_style == "lecture":
+            t.add_callback("log", plots.draw)  # the lecture redrew its PDF at every print
+        if console:
+            c = Console(t, bar=bar)
+            c.on_start(t)
+            for event in ("log", "eval", "sample", "end"):
+                t.add_callback(event, getattr(c, f"on_{event}"))
+        if t.config.tensorboard:
+            tb = TensorBoard(t)
+            for event in ("log", "eval", "sample", "end"):
+                t.add_callback(event, getattr(tb, f"on_{event}"))
+
+    trainer.add_callback("start", setup)

@@ -1,0 +1,166 @@
+"""Next-character sampling: temperature, top-k, top-p, greedy; streamed as it is generated.
+
+The prime is run through the model once (one fused call); then each step feeds the characters
+just drawn, for all ``num_samples`` streams at once, carrying the recurrent state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .errors import CharloomError
+from .model import CharRNN
+from .vocab import Vocab
+
+
+@dataclass
+class SampleSettings:
+    """How to pick each next character. The one home of sampling defaults."""
+
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+
+    def validate(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise CharloomError(f"temperature must be a number > 0, not {t!r}")
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1
+        ):
+            raise CharloomError(f"top-k must be an integer >= 1, not {self.top_k!r}")
+        p = self.top_p
+        if p is not None and (
+            isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1
+        ):
+            raise CharloomError(f"top-p must be in (0, 1], not {p!r}")
+
+
+def next_token_distribution(logits: torch.Tensor, settings: SampleSettings) -> torch.Tensor:
+    """``logits (B, V)`` -> probabilities ``(B, V)`` after temperature, top-k and top-p."""
+    logits = logits.float() / settings.temperature
+    if settings.top_k is not None and settings.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if settings.top_p is not None and settings.top_p < 1:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        # Keep a character if the mass *before* it is below p: the smallest set reaching p.
+        before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+        keep_sorted = before < settings.top_p
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        probs = torch.where(keep, probs, torch.zeros_like(probs))
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
+
+
+def pick(
+    logits: torch.Tensor, settings: SampleSettings, generator: torch.Generator
+) -> torch.Tensor:
+    """``logits (B, V)`` -> next ids ``(B,)``."""
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    probs = next_token_distribution(logits, settings)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def check_length(length: int) -> None:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise CharloomError(f"length must be an integer >= 0, not {length!r}")
+
+
+@torch.no_grad()
+def generate_ids(
+    model: CharRNN,
+    prime_ids: list[int],
+    settings: SampleSettings,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Endless stream of next ids, ``(num_samples,)`` per step, after ``prime_ids``."""
+    if not prime_ids:
+        raise CharloomError("the prime must hold at least one character")
+    was_training = model.training
+    model.eval()
+    try:
+        device = model.head.weight.device
+        x = torch.tensor(prime_ids, device=device).long().unsqueeze(0).expand(num_samples, -1)
+        logits, state = model(x.contiguous())
+        logits = logits[:, -1]
+        while True:
+            nxt = pick(logits, settings, generator)
+            yield nxt
+            step_logits, state = model(nxt.unsqueeze(1), state)
+            logits = step_logits[:, -1]
+    finally:
+        model.train(was_training)
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
+    return g
+
+
+def prepare_prime(vocab: Vocab, prime: str) -> list[int]:
+    if not isinstance(prime, str) or not prime:
+        raise CharloomError("the prime must hold at least one character")
+    return [int(i) for i in vocab.encode(prime, what="prime")]
+
+
+def stream_samples(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str,
+    length: int,
+    settings: SampleSettings | None = None,
+    num_samples: int = 1,
+    seed: int | None = None,
+) -> Iterator[list[str]]:
+    """Generate ``num_samples`` texts after ``prime``; each step yields one string per sample
+    (possibly empty while a multi-byte character completes in bytes mode). Every sample ends
+    after exactly ``length`` new characters."""
+    settings = settings or SampleSettings()
+    settings.validate()
+    check_length(length)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise CharloomError(f"num-samples must be an integer >= 1, not {num_samples!r}")
+    prime_ids = prepare_prime(vocab, prime)
+    if length == 0:
+        return
+    device = model.head.weight.device
+    decoders = [vocab.decoder() for _ in range(num_samples)]
+    counts = [0] * num_samples
+    for ids in generate_ids(model, prime_ids, settings, num_samples, _generator(seed, device)):
+        out = []
+        for i, token in enumerate(ids.tolist()):
+            piece = decoders[i].feed(token) if counts[i] < length else ""
+            piece = piece[: length - counts[i]]
+            counts[i] += len(piece)
+            out.append(piece)
+        yield out
+        if min(counts) >= length:
+            return
+
+
+def sample(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str = "Th",
+    length: int = 200,
+    settings: SampleSettings | None = None,
+    num_samples: int = 1,
+    seed: int | None = None,
+) -> list[str]:
+    """``num_samples`` texts, each the prime followed by exactly ``length`` new characters."""
+    texts = [[prime] for _ in range(num_samples)]
+    for pieces in stream_samples(model, vocab, prime, length, settings, num_samples, seed):
+        for t, p in zip(texts, pieces):
+            t.append(p)
+    return ["".join(t) for t in texts]

@@ -1,0 +1,534 @@
+"""Trainer: the training loop, its schedule, evaluation and checkpoints.
+
+Logging, sampling, plotting and the progress bar hang off the loop as callbacks (see
+``reporting.py``), so the loop itself reads top to bottom: batch -> forward -> loss -> backward
+-> clip -> step, with evaluation and checkpoints at their intervals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .batches import make_batches
+from .config import TrainConfig
+from .corpus import TextSource, normalise_ascii, read_text
+from .errors import CharloomError
+from .evaluate import EvalResult, evaluate_ids
+from .model import CharRNN, detach_state
+from .runtime import autocast, resolve_device
+from .sample import SampleSettings, sample
+from .vocab import Vocab
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.txt"
+RUNS_ROOT = "runs"
+
+# The smallest validation split worth evaluating (characters).
+_MIN_VAL_CHARS = 2
+
+
+# --- data ------------------------------------------------------------------------------------
+@dataclass
+class TrainData:
+    """The encoded training and validation text and the vocabulary."""
+
+    vocab: Vocab
+    train: torch.Tensor  # (N_train,) ids
+    val: torch.Tensor  # (N_val,) ids; empty when there is no validation split
+    source: TextSource | None
+    sha256: str
+
+
+def prepare_data(
+    config: TrainConfig,
+    text: str,
+    source: TextSource | None = None,
+    vocab: Vocab | None = None,
+) -> TrainData:
+    """Normalise, encode and split ``text`` as ``config`` says (``vocab``: reuse a saved one)."""
+    if config.ascii:
+        if config.vocab == "bytes":
+            raise CharloomError("--ascii goes with --vocab printable or corpus, not bytes")
+        text = normalise_ascii(text)
+    if not text:
+        raise CharloomError("the text is empty")
+    vocab = vocab or Vocab.build(config.vocab, text)
+    ids = vocab.encode(text, what="training text")
+    n_val = int(len(ids) * config.val_fraction)
+    if n_val < _MIN_VAL_CHARS:
+        n_val = 0
+    train = torch.from_numpy(ids[: len(ids) - n_val].copy())
+    val = torch.from_numpy(ids[len(ids) - n_val :].copy())
+    digest = hashlib.sha256(ids.tobytes()).hexdigest()
+    return TrainData(vocab, train, val, source, digest)
+
+
+# --- schedule --------------------------------------------------------------------------------
+def learning_rate(config: TrainConfig, iteration: int, progress: float) -> float:
+    """Learning rate at ``iteration`` (0-based); ``progress`` in [0, 1] is how far the run is
+    through its budget (iterations, or wall-clock time under ``--time``)."""
+    if config.warmup and iteration < config.warmup:
+        return config.lr * (iteration + 1) / config.warmup
+    if config.schedule == "constant":
+        return config.lr
+    if config.time is None:
+        span = max(1, config.iters - config.warmup)
+        progress = (iteration - config.warmup) / span
+    progress = min(max(progress, 0.0), 1.0)
+    low = config.lr * config.min_lr_ratio
+    return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * progress))
+
+
+# --- run directories -------------------------------------------------------------------------
+def _looks_like_run(path: Path) -> bool:
+    names = {p.name for p in path.iterdir()}
+    return bool(names & {ckpt.LATEST, ckpt.BEST, f"{ckpt.LATEST}.old", METRICS_FILE})
+
+
+def new_run_dir(out: str | os.PathLike | None, name: str, overwrite: bool = False) -> Path:
+    """Where a new run writes. An explicit ``out`` that exists and is not empty is refused unless
+    ``overwrite`` (and then only if it is a charloom run); without ``out``, ``runs/<name>`` gets
+    a numeric suffix rather than replacing anything."""
+    if out is None:
+        base = Path(RUNS_ROOT) / name
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        return path
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise CharloomError(f"--out {str(out)!r} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise CharloomError(
+                f"run directory {str(out)!r} already exists; use --resume {out} to continue it, "
+                "--overwrite to replace it, or another --out"
+            )
+        if not _looks_like_run(path):
+            raise CharloomError(
+                f"{str(out)!r} is not empty and is not a charloom run; refusing to overwrite it"
+            )
+    return path
+
+
+def _clear_run_dir(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+# --- the trainer -----------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iterations: int
+    train_loss: float
+    val_loss: float | None
+    best_val_loss: float | None
+    elapsed: float
+
+
+EVENTS = ("start", "log", "eval", "sample", "checkpoint", "end")
+
+
+@dataclass
+class Trainer:
+    """Runs one training run into ``run_dir``. Callbacks get the trainer; see ``EVENTS``."""
+
+    config: TrainConfig
+    data: TrainData
+    run_dir: Path
+    callbacks: dict[str, list[Callable]] = field(default_factory=lambda: defaultdict(list))
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        cfg.model.vocab_size = self.data.vocab.size
+        cfg.validate()
+        cfg.model.validate()
+        self.run_dir = Path(self.run_dir)
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.model = CharRNN(cfg.model).to(self.device)
+        decay = cfg.weight_decay if cfg.optimizer == "adamw" else 0.0
+        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=decay)
+        self.batches = make_batches(
+            cfg.batching, self.data.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 1
+        )
+        self.iteration = 0
+        self.elapsed = 0.0  # seconds of training so far, across resumes
+        self.chars_seen = 0
+        self.best_val: float | None = None
+        self.best_iter: int | None = None
+        self.last_val: EvalResult | None = None
+        self.carry = None  # recurrent state carried between stream batches
+        self.lr = learning_rate(cfg, 0, 0.0)
+        # Filled in as training goes, read by callbacks.
+        self.last_loss = float("nan")
+        self.window_loss = float("nan")
+        self.chars_per_s = 0.0
+        self.sample_text = ""
+        self.resumed_from: Path | None = None
+        self.resume_note: str | None = None
+        self._prime = self._training_prime()
+
+    # callbacks -------------------------------------------------------------------------
+    def add_callback(self, event: str, fn: Callable) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}")
+        self.callbacks[event].append(fn)
+
+    def _fire(self, event: str) -> None:
+        for fn in self.callbacks.get(event, ()):
+            fn(self)
+
+    # helpers ---------------------------------------------------------------------------
+    def _training_prime(self) -> str:
+        prime = self.config.sample_prime or ""
+        if prime and not self.data.vocab.unknown(prime):
+            return prime
+        # A corpus without "T" or "h" (another script, say): prime with its first character.
+        first = self.data.vocab.decode(self.data.train[:1].tolist())
+        return first or self.data.vocab.decode([0])
+
+    @property
+    def has_validation(self) -> bool:
+        return len(self.data.val) >= _MIN_VAL_CHARS
+
+    @property
+    def progress(self) -> float:
+        cfg = self.config
+        if cfg.time is not None:
+            return min(1.0, self.elapsed / cfg.time)
+        return min(1.0, self.iteration / max(1, cfg.iters))
+
+    def done(self) -> bool:
+        cfg = self.config
+        if cfg.time is not None:
+            return self.elapsed >= cfg.time
+        return self.iteration >= cfg.iters
+
+    def evaluate(self) -> EvalResult:
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else None
+        return evaluate_ids(self.model, self.data.val, autocast_dtype=dtype)
+
+    def make_sample(self) -> str:
+        cfg = self.config
+        settings = SampleSettings(temperature=cfg.sample_temperature)
+        # Seeded from the iteration so samples are repeatable and draw nothing from the
+        # training random streams.
+        return sample(
+            self.model,
+            self.data.vocab,
+            self._prime,
+            cfg.sample_length,
+            settings,
+            seed=cfg.seed + self.iteration,
+        )[0]
+
+    def summary(self) -> dict:
+        return {
+            "iterations": self.iteration,
+            "chars_seen": self.chars_seen,
+            "elapsed_s": round(self.elapsed, 3),
+            "train_loss": None if math.isnan(self.window_loss) else self.window_loss,
+            "val_loss": self.last_val.loss if self.last_val else None,
+            "best_val_loss": self.best_val,
+            "best_iteration": self.best_iter,
+            "source": self.data.source.to_dict() if self.data.source else None,
+        }
+
+    # checkpoints -----------------------------------------------------------------------
+    def _config_json(self) -> dict:
+        return ckpt.config_dict(
+            self.config.model, self.data.vocab, self.config.ascii, self.summary()
+        )
+
+    def save(self) -> Path:
+        """Write ``latest/``: weights and everything needed to resume exactly."""
+        opt_meta, opt_tensors = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        tensors = dict(opt_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        batch_state = self.batches.state_dict()
+        tensors["rng.batches"] = batch_state.pop("rng")
+        if self.carry is not None:
+            for i, t in enumerate(self.carry):
+                tensors[f"carry.{i}"] = t
+        state = {
+            "config": self.config.to_dict(),
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "chars_seen": self.chars_seen,
+            "best_val_loss": self.best_val,
+            "best_iteration": self.best_iter,
+            "last_val_loss": self.last_val.loss if self.last_val else None,
+            "window_loss": None if math.isnan(self.window_loss) else self.window_loss,
+            "batches": batch_state,
+            "optimizer": opt_meta,
+            "source": self.data.source.to_dict() if self.data.source else None,
+            "data_sha256": self.data.sha256,
+        }
+        path = ckpt.write_checkpoint(
+            self.run_dir, ckpt.LATEST, self._config_json(), self.model.state_dict(), state, tensors
+        )
+        self._fire("checkpoint")
+        return path
+
+    def save_best(self) -> Path:
+        return ckpt.write_checkpoint(
+            self.run_dir, ckpt.BEST, self._config_json(), self.model.state_dict()
+        )
+
+    def restore(self, checkpoint: ckpt.Checkpoint) -> None:
+        """Continue from a checkpoint written by :meth:`save`."""
+        st, tensors = checkpoint.state, checkpoint.state_tensors
+        if st.get("data_sha256") != self.data.sha256:
+            raise CharloomError(
+                "the training text differs from the one this run was trained on; "
+                "resume with the same text (or start a new run)"
+            )
+        try:
+            self.model.load_state_dict(checkpoint.weights)
+            self.optimizer.load_state_dict(ckpt.unflatten_optimizer(st["optimizer"], tensors))
+            torch.set_rng_state(tensors["rng.torch"])
+            if self.device.type == "cuda" and "rng.cuda" in tensors:
+                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            self.batches.load_state_dict({**st["batches"], "rng": tensors["rng.batches"]})
+            carry = [tensors[k] for k in sorted(t for t in tensors if t.startswith("carry."))]
+            self.carry = tuple(t.to(self.device) for t in carry) if carry else None
+            self.iteration = int(st["iteration"])
+            self.elapsed = float(st["elapsed"])
+            self.chars_seen = int(st["chars_seen"])
+            self.best_val = st.get("best_val_loss")
+            self.best_iter = st.get("best_iteration")
+            wl = st.get("window_loss")
+            self.window_loss = float("nan") if wl is None else float(wl)
+            if st.get("last_val_loss") is not None:
+                self.last_val = EvalResult(float(st["last_val_loss"]), len(self.data.val) - 1)
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise CharloomError(
+                f"{checkpoint.path}: the training state is damaged or does not match ({exc})"
+            ) from None
+        self.resumed_from = checkpoint.path
+        self.lr = learning_rate(self.config, self.iteration, self.progress)
+        _truncate_metrics(self.run_dir / METRICS_FILE, self.iteration)
+
+    # the loop --------------------------------------------------------------------------
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        cfg = self.config
+        model = self.model
+        if self.batches.carries_state and self.batches.new_epoch:
+            self.carry = None
+        state = self.carry if self.batches.carries_state else None
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        self.lr = learning_rate(cfg, self.iteration, self.progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        with autocast(self.device, cfg.precision):
+            logits, new_state = model(x, state, path=cfg.path)
+        # Mean over every character of the batch: the lecture's loss averaged over the portion.
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        value = float(loss.detach())
+        if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
+            what = "loss" if not math.isfinite(value) else "gradient norm"
+            raise CharloomError(
+                f"training diverged: the {what} became non-finite at iteration "
+                f"{self.iteration + 1}; the last checkpoint is kept. Try a lower --lr, "
+                "--grad-clip 1.0, or --precision fp32"
+            )
+        self.optimizer.step()
+        if self.batches.carries_state:
+            self.carry = detach_state(new_state)
+        return value
+
+    def run(self, stop_at: int | None = None) -> TrainResult:
+        """Train until the budget is spent (or until iteration ``stop_at``, for tests and
+        interrupted runs); write the final checkpoint and return a summary."""
+        cfg = self.config
+        model = self.model
+        model.train()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._fire("start")
+        chars_per_step = cfg.batch_size * cfg.seq_len
+        window_losses: list[float] = []
+        window_time, window_iters = 0.0, 0  # time spent in training steps only
+        checkpoint_every = cfg.checkpoint_every or cfg.eval_every
+        last_saved = self.iteration
+        base_elapsed, loop_start = self.elapsed, time.perf_counter()
+        while not self.done() and (stop_at is None or self.iteration < stop_at):
+            t0 = time.perf_counter()
+            x, y = self.batches.next()
+            loss = self._step(x, y)
+            self.iteration += 1
+            self.chars_seen += chars_per_step
+            self.last_loss = loss
+            window_losses.append(loss)
+            window_iters += 1
+            now = time.perf_counter()
+            window_time += now - t0
+            # Wall-clock, evaluation and checkpoints included: --time is a real deadline.
+            self.elapsed = base_elapsed + (now - loop_start)
+            it = self.iteration
+            if it % cfg.log_every == 0 or self.done():
+                self.window_loss = sum(window_losses) / len(window_losses)
+                self.chars_per_s = window_iters * chars_per_step / max(window_time, 1e-9)
+                window_losses.clear()
+                window_time, window_iters = 0.0, 0
+                self._fire("log")
+            if self.has_validation and (it % cfg.eval_every == 0 or self.done()):
+                self.last_val = self.evaluate()
+                model.train()
+                if self.best_val is None or self.last_val.loss < self.best_val:
+                    self.best_val, self.best_iter = self.last_val.loss, it
+                    self.save_best()
+                self._fire("eval")
+            if it % cfg.sample_every == 0:
+                self.sample_text = self.make_sample()
+                model.train()
+                self._fire("sample")
+            if it % checkpoint_every == 0:
+                self.save()
+                last_saved = it
+        if window_losses:
+            self.window_loss = sum(window_losses) / len(window_losses)
+        if self.iteration != last_saved or not (self.run_dir / ckpt.LATEST).exists():
+            self.save()
+        self._fire("end")
+        return TrainResult(
+            run_dir=self.run_dir,
+            iterations=self.iteration,
+            train_loss=self.window_loss,
+            val_loss=self.last_val.loss if self.last_val else None,
+            best_val_loss=self.best_val,
+            elapsed=self.elapsed,
+        )
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop metrics recorded after ``iteration`` (a run that crashed after its last checkpoint
+    is resumed from that checkpoint, so those lines will be written again)."""
+    if not path.exists():
+        return
+    keep = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash
+            if rec.get("iter", 0) <= iteration:
+                keep.append(json.dumps(rec))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- the public entry points -----------------------------------------------------------------
+def train(
+    config: TrainConfig | None = None,
+    *,
+    text: str | None = None,
+    paths: tuple[str, ...] | list[str] = (),
+    corpus: str | None = None,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    name: str | None = None,
+    callbacks: dict[str, list[Callable]] | None = None,
+    stop_at: int | None = None,
+    console: bool = True,
+    progress_bar: bool = True,
+) -> TrainResult:
+    """Train a new model on ``text`` (a string), or on ``paths``/``corpus`` (read from disk).
+
+    Everything is checked before the run directory is created, so a bad input writes nothing.
+    ``console`` prints progress to stderr; metrics, samples and plots are written regardless.
+    """
+    from .reporting import attach_reporting
+
+    config = config or TrainConfig()
+    config.validate()
+    if text is not None:
+        source = None
+    else:
+        text, source = read_text(paths, corpus, encoding=encoding, errors=errors)
+    data = prepare_data(config, text, source)
+    run_dir = new_run_dir(out, name or _default_name(source), overwrite)
+    trainer = Trainer(config, data, run_dir)  # builds batches: checks the text is long enough
+    if config.tensorboard:
+        from .reporting import require_tensorboard
+
+        require_tensorboard()
+    if run_dir.exists() and overwrite:
+        _clear_run_dir(run_dir)
+    attach_reporting(trainer, console=console, bar=progress_bar)
+    for event, fns in (callbacks or {}).items():
+        for fn in fns:
+            trainer.add_callback(event, fn)
+    return trainer.run(stop_at=stop_at)
+
+
+def _default_name(source: TextSource | None) -> str:
+    if source is None:
+        return "run"
+    if source.corpus:
+        return source.corpus
+    stem = Path(source.paths[0]).stem if source.paths else "run"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem) or "run"
+
+
+def load_trainer(
+    run_dir: str | os.PathLike, overrides: dict | None = None, text: str | None = None
+) -> Trainer:
+    """A trainer restored from ``run_dir``'s latest complete checkpoint, ready to ``run()``.
+
+    ``overrides`` may extend the budget (``iters``, ``time``) or change reporting intervals;
+    ``text`` replaces re-reading the recorded text source (needed when it was given as a
+    string)."""
+    path, note = ckpt.find_resumable(Path(run_dir))
+    checkpoint = ckpt.load_checkpoint(path, with_state=True)
+    st = checkpoint.state
+    config = TrainConfig.from_dict(st.get("config"))
+    if overrides:
+        config = config.replace(**overrides)
+        config.validate()
+    if text is None:
+        if not st.get("source"):
+            raise CharloomError(
+                f"{run_dir} was trained on a text given in Python; pass it again to resume"
+            )
+        source = TextSource.from_dict(st["source"])
+        text = source.read()
+    else:
+        source = TextSource.from_dict(st["source"]) if st.get("source") else None
+    data = prepare_data(config, text, source, vocab=checkpoint.vocab)
+    trainer = Trainer(config, data, Path(run_dir))
+    trainer.restore(checkpoint)
+    trainer.resume_note = note
+    return trainer

@@ -1,0 +1,166 @@
+"""Vocab: characters <-> integer ids, in three kinds.
+
+- ``corpus``: the distinct characters of the training text, sorted (the smallest vocabulary).
+- ``printable``: the lecture's ``string.printable``, 100 characters in that order.
+- ``bytes``: the 256 byte values of the UTF-8 encoding, so any text in any language round-trips.
+
+In ``bytes`` mode one "character" of the model is one byte of UTF-8; a multi-byte character
+(an accented letter, a CJK character, an emoji) is several steps.
+"""
+
+from __future__ import annotations
+
+import codecs
+import string
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import CharloomError
+
+VOCAB_KINDS = ("corpus", "printable", "bytes")
+
+#: Largest vocabulary a saved config may claim (unicode has ~1.1M code points).
+MAX_VOCAB = 1_114_112
+
+
+def _show(chars) -> str:
+    return ", ".join(repr(c) for c in chars)
+
+
+@dataclass
+class Vocab:
+    """A fixed mapping between characters and ids ``0..size-1``."""
+
+    kind: str
+    chars: tuple[str, ...] = ()
+    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in VOCAB_KINDS:
+            raise CharloomError(
+                f"unknown vocabulary {self.kind!r}; choose one of: {', '.join(VOCAB_KINDS)}"
+            )
+        if self.kind == "bytes":
+            self.chars = ()
+        else:
+            self.chars = tuple(self.chars)
+            if not self.chars:
+                raise CharloomError("a vocabulary needs at least one character")
+            if len(self.chars) > MAX_VOCAB:
+                raise CharloomError(f"vocabulary of {len(self.chars)} characters is too large")
+            if any(not isinstance(c, str) or len(c) != 1 for c in self.chars):
+                raise CharloomError("every vocabulary entry must be a single character")
+            self._index = {c: i for i, c in enumerate(self.chars)}
+            if len(self._index) != len(self.chars):
+                raise CharloomError("the vocabulary lists a character twice")
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def build(cls, kind: str, text: str = "") -> Vocab:
+        """A vocabulary of ``kind``; ``corpus`` takes the characters of ``text``."""
+        if kind == "corpus":
+            if not text:
+                raise CharloomError("a corpus vocabulary needs a non-empty text")
+            return cls("corpus", tuple(sorted(set(text))))
+        if kind == "printable":
+            return cls("printable", tuple(string.printable))
+        return cls(kind)
+
+    # --- properties ---------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        return 256 if self.kind == "bytes" else len(self.chars)
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Smallest unsigned integer type that holds every id."""
+        return np.dtype(np.uint8 if self.size <= 256 else np.int32)
+
+    # --- encode / decode ----------------------------------------------------------------
+    def unknown(self, text: str) -> list[str]:
+        """Characters of ``text`` this vocabulary cannot encode, sorted."""
+        if self.kind == "bytes":
+            return []
+        return sorted(set(text) - self._index.keys())
+
+    def check(self, text: str, what: str = "text") -> None:
+        """Raise a :class:`CharloomError` listing the characters of ``text`` that are unknown."""
+        bad = self.unknown(text)
+        if bad:
+            shown = _show(bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
+            hint = " (try --ascii)" if self.kind == "printable" else ""
+            raise CharloomError(
+                f"the {what} has {len(bad)} character(s) outside the model's vocabulary: "
+                f"{shown}{hint}"
+            )
+
+    def encode(self, text: str, what: str = "text") -> np.ndarray:
+        """Ids of ``text``: shape ``(n,)`` with ``n = len(text)`` (bytes: the UTF-8 length)."""
+        if self.kind == "bytes":
+            return np.frombuffer(text.encode("utf-8", errors="surrogatepass"), dtype=np.uint8)
+        self.check(text, what)
+        if self.size <= 256 and all(ord(c) < 256 for c in self.chars):
+            # Fast path: a byte-wide lookup table over latin-1 encoded text.
+            table = np.zeros(256, dtype=np.uint8)
+            for i, c in enumerate(self.chars):
+                table[ord(c)] = i
+            return table[np.frombuffer(text.encode("latin-1"), dtype=np.uint8)]
+        index = self._index
+        return np.fromiter((index[c] for c in text), dtype=self.dtype, count=len(text))
+
+    def decode(self, ids) -> str:
+        """Text of ``ids`` (any iterable of ints); in bytes mode invalid UTF-8 becomes U+FFFD."""
+        ids = [int(i) for i in ids]
+        if self.kind == "bytes":
+            return bytes(ids).decode("utf-8", errors="replace")
+        return "".join(self.chars[i] for i in ids)
+
+    def decoder(self) -> StreamDecoder:
+        """An incremental decoder: feed ids one step at a time, get text as it completes."""
+        return StreamDecoder(self)
+
+    # --- persistence --------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d: dict = {"kind": self.kind, "size": self.size}
+        if self.kind != "bytes":
+            d["chars"] = "".join(self.chars)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Vocab:
+        if not isinstance(d, dict):
+            raise CharloomError("the saved vocabulary is not an object")
+        kind = d.get("kind")
+        if kind not in VOCAB_KINDS:
+            raise CharloomError(f"the saved vocabulary has an unknown kind {kind!r}")
+        chars = d.get("chars", "")
+        if kind != "bytes" and not isinstance(chars, str):
+            raise CharloomError("the saved vocabulary's characters are not a string")
+        vocab = cls(kind, tuple(chars) if kind != "bytes" else ())
+        if "size" in d and d["size"] != vocab.size:
+            raise CharloomError(
+                f"the saved vocabulary says size {d['size']!r} but holds {vocab.size} entries"
+            )
+        return vocab
+
+
+class StreamDecoder:
+    """Turns ids into text step by step; in bytes mode it waits for complete UTF-8 sequences."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.vocab = vocab
+        self._utf8 = (
+            codecs.getincrementaldecoder("utf-8")("replace") if vocab.kind == "bytes" else None
+        )
+
+    def feed(self, token: int) -> str:
+        if self._utf8 is None:
+            return self.vocab.chars[token]
+        return self._utf8.decode(bytes([token]))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True) if self._utf8 is not None else ""

@@ -1,0 +1,173 @@
+"""Training through the Python API: outputs, determinism, resume, presets, precisions."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+import charloom
+from charloom.checkpoint import load_checkpoint
+from charloom.reporting import attach_reporting
+from charloom.train import learning_rate, load_trainer
+
+
+def _metrics(run):
+    return [json.loads(line) for line in open(run / "metrics.jsonl")]
+
+
+def _losses(run):
+    return [(r["iter"], r.get("train_loss"), r.get("val_loss")) for r in _metrics(run)]
+
+
+def test_a_run_writes_its_outputs(tmp_path, small_text):
+    cfg = charloom.preset_config("tiny", **tiny_overrides(sample_every=5))
+    result = charloom.train(cfg, text=small_text, out=tmp_path / "run", console=False)
+    run = tmp_path / "run"
+    for name in ("metrics.jsonl", "samples.txt", "loss.png", "loss.pdf"):
+        assert (run / name).stat().st_size > 0, name
+    for name in ("config.json", "model.safetensors", "state.json", "state.safetensors"):
+        assert (run / "latest" / name).is_file()
+    assert (run / "best" / "model.safetensors").is_file()
+    assert result.iterations == 10
+    assert result.best_val_loss is not None and math.isfinite(result.best_val_loss)
+    evals = [r for r in _metrics(run) if "val_loss" in r]
+    assert [r["iter"] for r in evals] == [5, 10]
+    assert all(abs(r["val_bpc"] - r["val_loss"] / math.log(2)) < 1e-9 for r in evals)
+    assert "--- iteration 5 ---\nTh" in (run / "samples.txt").read_text()
+    config = json.loads((run / "latest" / "config.json").read_text())
+    assert config["charloom_version"] == charloom.__version__
+    assert config["vocab"]["kind"] == "corpus"
+    assert config["model"]["hidden"] == 32
+
+
+def test_same_seed_same_run(tmp_path, small_text):
+    runs = []
+    for name in ("a", "b"):
+        cfg = charloom.preset_config("tiny", **tiny_overrides(layers=2, dropout=0.2))
+        charloom.train(cfg, text=small_text, out=tmp_path / name, console=False)
+        runs.append(_losses(tmp_path / name))
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("batching", ["stream", "portions"])
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, small_text, batching):
+    over = tiny_overrides(layers=2, dropout=0.2, iters=20, batching=batching, log_every=2)
+    charloom.train(
+        charloom.preset_config("tiny", **over),
+        text=small_text,
+        out=tmp_path / "whole",
+        console=False,
+    )
+    charloom.train(
+        charloom.preset_config("tiny", **over),
+        text=small_text,
+        out=tmp_path / "split",
+        console=False,
+        stop_at=10,
+    )
+    trainer = load_trainer(tmp_path / "split", text=small_text)
+    assert trainer.iteration == 10
+    attach_reporting(trainer, console=False)
+    trainer.run()
+    assert _losses(tmp_path / "whole") == _losses(tmp_path / "split")
+    a = load_checkpoint(tmp_path / "whole" / "latest").weights
+    b = load_checkpoint(tmp_path / "split" / "latest").weights
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_seed_preset_is_the_lecture(tmp_path, capsys):
+    cfg = charloom.preset_config("seed")
+    assert (cfg.vocab, cfg.ascii, cfg.batching, cfg.seq_len, cfg.batch_size) == (
+        "printable",
+        True,
+        "portions",
+        200,
+        1,
+    )
+    assert (cfg.model.kind, cfg.model.layers, cfg.model.embed, cfg.model.hidden) == (
+        "lstm",
+        1,
+        100,
+        128,
+    )
+    assert (cfg.path, cfg.optimizer, cfg.lr, cfg.iters, cfg.grad_clip) == (
+        "cell",
+        "adam",
+        0.005,
+        5000,
+        None,
+    )
+    assert (cfg.sample_every, cfg.sample_prime, cfg.sample_length, cfg.sample_temperature) == (
+        200,
+        "Th",
+        200,
+        0.8,
+    )
+    text = "Curly “quotes” and café   spaces. " * 30
+    short = charloom.preset_config("seed", iters=4, log_every=2, sample_every=4)
+    charloom.train(short, text=text, out=tmp_path / "seed", console=True)
+    err = capsys.readouterr().err
+    assert "Time elapsed:" in err and "Iteration 2 | Loss" in err
+    assert "\nTh" in err
+    assert (tmp_path / "seed" / "loss.pdf").stat().st_size > 0
+    model = charloom.load(tmp_path / "seed")
+    assert model.vocab.size == 100 and model.ascii
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_other_cells_train(tmp_path, small_text, kind):
+    cfg = charloom.preset_config("tiny", **tiny_overrides(kind=kind, layers=2))
+    r = charloom.train(cfg, text=small_text, out=tmp_path / kind, console=False)
+    assert math.isfinite(r.train_loss)
+    assert len(charloom.load(tmp_path / kind).sample("Th", 10, seed=0)[0]) == 12
+
+
+def test_bf16_precision_trains(tmp_path, small_text):
+    cfg = charloom.preset_config("tiny", **tiny_overrides(precision="bf16"))
+    r = charloom.train(cfg, text=small_text, out=tmp_path / "bf16", console=False)
+    assert math.isfinite(r.train_loss) and math.isfinite(r.best_val_loss)
+
+
+def test_bytes_vocab_trains_on_any_script(tmp_path):
+    text = "Grüße aus Köln! 東京は晴れ。 Привет, мир 🙂\n" * 60
+    cfg = charloom.preset_config("tiny", **tiny_overrides(vocab="bytes"))
+    charloom.train(cfg, text=text, out=tmp_path / "b", console=False)
+    model = charloom.load(tmp_path / "b")
+    (s,) = model.sample("東京", 30, seed=1)
+    assert s.startswith("東京") and len(s) == 32
+
+
+def test_time_budget_ends_the_run_and_the_schedule(tmp_path, small_text):
+    cfg = charloom.preset_config("tiny", **tiny_overrides(time=1.5, iters=10**6, warmup=0))
+    r = charloom.train(cfg, text=small_text, out=tmp_path / "t", console=False)
+    assert 1.5 <= r.elapsed < 5
+    lrs = [m["lr"] for m in _metrics(tmp_path / "t") if "lr" in m]
+    assert lrs[-1] <= cfg.lr * (cfg.min_lr_ratio + 0.15)  # the cosine ends at the deadline
+
+
+def test_cosine_schedule_with_warmup():
+    cfg = charloom.TrainConfig(lr=1.0, warmup=10, iters=110, min_lr_ratio=0.1)
+    assert learning_rate(cfg, 0, 0) == pytest.approx(0.1)
+    assert learning_rate(cfg, 9, 0) == pytest.approx(1.0)
+    assert learning_rate(cfg, 60, 0) == pytest.approx(0.55)
+    assert learning_rate(cfg, 110, 0) == pytest.approx(0.1)
+
+
+def test_default_run_directory_never_replaces_a_run(tmp_path, small_text, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = charloom.preset_config("tiny", **tiny_overrides(iters=2))
+    a = charloom.train(cfg, text=small_text, name="demo", console=False)
+    b = charloom.train(cfg, text=small_text, name="demo", console=False)
+    assert a.run_dir.name == "demo" and b.run_dir.name == "demo-2"
+
+
+def test_overwrite_replaces_a_run(tmp_path, small_text):
+    cfg = charloom.preset_config("tiny", **tiny_overrides(iters=2))
+    charloom.train(cfg, text=small_text, out=tmp_path / "r", console=False)
+    with pytest.raises(charloom.CharloomError, match="already exists"):
+        charloom.train(cfg, text=small_text, out=tmp_path / "r", console=False)
+    charloom.train(cfg, text=small_text, out=tmp_path / "r", overwrite=True, console=False)
+    assert len([r for r in _metrics(tmp_path / "r") if "train_loss" in r]) == 1
