@@ -138,8 +138,9 @@ def write_checkpoint(
     tmp = run_dir / f".{name}.tmp{os.getpid()}"
     old = run_dir / f"{name}.old"
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        # Temporary folders left by a crashed writer are never complete checkpoints.
+        for stale in run_dir.glob(f".{name}.tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
         files = {CONFIG_FILE: None, WEIGHTS_FILE: None}
         write_json(tmp / CONFIG_FILE, config)

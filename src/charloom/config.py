@@ -57,7 +57,8 @@ class TrainConfig:
     eval_every: int = 200
     sample_every: int = 500
     log_every: int = 50
-    checkpoint_every: int | None = None  # default: with every evaluation
+    checkpoint_every: int | None = None  # iterations; default: with every evaluation
+    checkpoint_every_s: float | None = 600.0  # and at least this often in wall-clock seconds
     sample_prime: str = "Th"
     sample_length: int = 200
     sample_temperature: float = 0.8
@@ -92,6 +93,8 @@ class TrainConfig:
         _check_int("sample_length", self.sample_length, 0)
         if self.checkpoint_every is not None:
             _check_int("checkpoint_every", self.checkpoint_every, 1)
+        if self.checkpoint_every_s is not None:
+            _check_float("checkpoint_every_s", self.checkpoint_every_s, lo=0.0, lo_open=True)
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
         _check_float("lr", self.lr, lo=0.0, lo_open=True, hi=10.0)

@@ -8,3 +8,14 @@ programming errors stay ordinary exceptions.
 
 class CharloomError(Exception):
     """A user-facing error: bad input, a missing file, an unusable checkpoint."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint; the CLI exits ``128 + signum``."""
+
+    def __init__(self, signum: int, run_dir, iteration: int) -> None:
+        self.signum, self.run_dir, self.iteration = signum, run_dir, iteration
+        super().__init__(
+            f"interrupted at iteration {iteration}; checkpoint saved. Resume with: "
+            f"charloom train --resume {run_dir}"
+        )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .errors import CharloomError
 from .plot import plot_run, read_metrics
-from .train import METRICS_FILE, SAMPLES_FILE, Trainer
+from .train import METRICS_FILE, SAMPLE_HEADER, SAMPLES_FILE, Trainer
 
 PLOT_FILES = ("loss.png", "loss.pdf")
 
@@ -77,7 +77,7 @@ class Samples:
 
     def on_sample(self, t: Trainer) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(f"--- iteration {t.iteration} ---\n{t.sample_text}\n\n")
+            fh.write(f"{SAMPLE_HEADER.format(t.iteration)}\n{t.sample_text}\n\n")
 
 
 class Console:
@@ -172,6 +172,8 @@ class Console:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if t.interrupted is not None:
+            return  # the caller says how to resume
         best = f", best validation {t.best_val:.4f} nats/char" if t.best_val is not None else ""
         self.write(
             f"charloom: done: {t.iteration} iterations in {t.elapsed:.1f} s{best}; "

@@ -11,7 +11,11 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,7 +29,7 @@ from . import checkpoint as ckpt
 from .batches import make_batches
 from .config import TrainConfig
 from .corpus import TextSource, normalise_ascii, read_text
-from .errors import CharloomError
+from .errors import CharloomError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN, detach_state
 from .runtime import autocast, resolve_device
@@ -34,6 +38,7 @@ from .vocab import Vocab
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.txt"
+SAMPLE_HEADER = "--- iteration {} ---"  # heads each sample in samples.txt
 RUNS_ROOT = "runs"
 
 # The smallest validation split worth evaluating (characters).
@@ -188,6 +193,7 @@ class Trainer:
         self.sample_text = ""
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
+        self.interrupted: int | None = None  # the signal that asked training to stop
         self._prime = self._training_prime()
 
     # callbacks -------------------------------------------------------------------------
@@ -262,8 +268,18 @@ class Trainer:
             self.config.model, self.data.vocab, self.config.ascii, self.summary()
         )
 
+    def _check_finite_weights(self) -> None:
+        for name, p in self.model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise CharloomError(
+                    f"the weights became non-finite ({name}) at iteration {self.iteration}; "
+                    "nothing was written and the last checkpoint is kept. Try a lower --lr, "
+                    "--grad-clip 1.0, or --precision fp32"
+                )
+
     def save(self) -> Path:
         """Write ``latest/``: weights and everything needed to resume exactly."""
+        self._check_finite_weights()
         opt_meta, opt_tensors = ckpt.flatten_optimizer(self.optimizer.state_dict())
         tensors = dict(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
@@ -295,6 +311,7 @@ class Trainer:
         return path
 
     def save_best(self) -> Path:
+        self._check_finite_weights()
         return ckpt.write_checkpoint(
             self.run_dir, ckpt.BEST, self._config_json(), self.model.state_dict()
         )
@@ -332,6 +349,7 @@ class Trainer:
         self.resumed_from = checkpoint.path
         self.lr = learning_rate(self.config, self.iteration, self.progress)
         _truncate_metrics(self.run_dir / METRICS_FILE, self.iteration)
+        _truncate_samples(self.run_dir / SAMPLES_FILE, self.iteration)
 
     # the loop --------------------------------------------------------------------------
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -369,18 +387,50 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train until the budget is spent (or until iteration ``stop_at``, for tests and
         interrupted runs); write the final checkpoint and return a summary."""
-        cfg = self.config
-        model = self.model
-        model.train()
+        self.model.train()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._fire("start")
+        previous_handlers = self._catch_signals()
+        try:
+            return self._loop(stop_at)
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+
+    def _catch_signals(self) -> dict:
+        """SIGINT/SIGTERM: finish the step, checkpoint, stop. A second one leaves at once -
+        safe, because every checkpoint is written atomically."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self.interrupted is not None:
+                os._exit(128 + signum)
+            self.interrupted = signum
+            print(
+                "\ncharloom: stopping after this step and saving a checkpoint "
+                "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True,
+            )
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def _loop(self, stop_at: int | None) -> TrainResult:
+        cfg = self.config
+        model = self.model
         chars_per_step = cfg.batch_size * cfg.seq_len
+        checkpoint_every = cfg.checkpoint_every or cfg.eval_every
         window_losses: list[float] = []
         window_time, window_iters = 0.0, 0  # time spent in training steps only
-        checkpoint_every = cfg.checkpoint_every or cfg.eval_every
-        last_saved = self.iteration
         base_elapsed, loop_start = self.elapsed, time.perf_counter()
+        last_saved, last_saved_at = self.iteration, loop_start
         while not self.done() and (stop_at is None or self.iteration < stop_at):
+            if self.interrupted is not None:
+                self.save()
+                self._fire("end")
+                raise TrainingInterrupted(self.interrupted, self.run_dir, self.iteration)
             t0 = time.perf_counter()
             x, y = self.batches.next()
             loss = self._step(x, y)
@@ -411,9 +461,13 @@ class Trainer:
                 self.sample_text = self.make_sample()
                 model.train()
                 self._fire("sample")
-            if it % checkpoint_every == 0:
+            due_by_time = (
+                cfg.checkpoint_every_s is not None
+                and time.perf_counter() - last_saved_at >= cfg.checkpoint_every_s
+            )
+            if it % checkpoint_every == 0 or due_by_time:
                 self.save()
-                last_saved = it
+                last_saved, last_saved_at = it, time.perf_counter()
         if window_losses:
             self.window_loss = sum(window_losses) / len(window_losses)
         if self.iteration != last_saved or not (self.run_dir / ckpt.LATEST).exists():
@@ -446,6 +500,24 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
     os.replace(tmp, path)
+
+
+_SAMPLE_HEADER = re.compile(
+    "^" + re.escape(SAMPLE_HEADER).replace(re.escape("{}"), r"(\d+)") + "$", re.MULTILINE
+)
+
+
+def _truncate_samples(path: Path, iteration: int) -> None:
+    """Drop training samples written after ``iteration`` (see :func:`_truncate_metrics`)."""
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for m in _SAMPLE_HEADER.finditer(text):
+        if int(m.group(1)) > iteration:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text[: m.start()], encoding="utf-8")
+            os.replace(tmp, path)
+            return
 
 
 # --- the public entry points -----------------------------------------------------------------
