@@ -176,7 +176,9 @@ class Console:
             return  # the caller says how to resume
         best = f", best validation {t.best_val:.4f} nats/char" if t.best_val is not None else ""
         self.write(
-            f"charloom: done: {t.iteration} iterations in {t.elapsed:.1f} s{best}; "
+            f"charloom: done: {t.iteration} iterations in {t.elapsed:.1f} s "
+            f"({100 * t.overhead_share:.0f}% of it in evaluation, samples and checkpoints)"
+            f"{best}; "
             f"run in {t.run_dir} (sample it: charloom sample {t.run_dir})"
         )
 

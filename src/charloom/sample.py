@@ -60,19 +60,68 @@ def next_token_distribution(logits: torch.Tensor, settings: SampleSettings) -> t
     return probs
 
 
-def pick(
-    logits: torch.Tensor, settings: SampleSettings, generator: torch.Generator
-) -> torch.Tensor:
-    """``logits (B, V)`` -> next ids ``(B,)``."""
+def pick(logits: torch.Tensor, settings: SampleSettings, u: torch.Tensor) -> torch.Tensor:
+    """``logits (B, V)``, uniforms ``u (B,)`` in [0, 1) -> next ids ``(B,)``.
+
+    Inverse-CDF sampling: the first character whose cumulative probability reaches ``u``. Drawing
+    from explicit uniforms (rather than ``torch.multinomial``) lets the compiled generator in
+    ``fastgen.py`` reproduce exactly the same text from the same seed."""
     if settings.greedy:
         return logits.argmax(dim=-1)
     probs = next_token_distribution(logits, settings)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    cdf = torch.cumsum(probs, dim=-1)
+    target = u.to(cdf.device, cdf.dtype).unsqueeze(1) * cdf[:, -1:]
+    return (cdf < target).sum(dim=-1).clamp_(max=probs.shape[-1] - 1)
+
+
+class Uniforms:
+    """The random numbers a generation consumes: ``(B,)`` per step, drawn from ``generator`` in
+    blocks of ``BLOCK`` steps, so every engine sees the same sequence for the same seed."""
+
+    BLOCK = 64
+
+    def __init__(self, batch: int, generator: torch.Generator) -> None:
+        self.batch, self.generator = batch, generator
+        self._block = torch.empty(0, batch)
+        self._next = 0
+
+    def take(self, steps: int) -> torch.Tensor:
+        """``(steps, B)`` uniforms in [0, 1)."""
+        parts = []
+        while steps > 0:
+            if self._next >= len(self._block):
+                self._block = torch.rand(self.BLOCK, self.batch, generator=self.generator)
+                self._next = 0
+            n = min(steps, len(self._block) - self._next)
+            parts.append(self._block[self._next : self._next + n])
+            self._next += n
+            steps -= n
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def check_length(length: int) -> None:
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise CharloomError(f"length must be an integer >= 0, not {length!r}")
+
+
+ENGINES = ("auto", "torch", "numba")
+
+
+def _use_numba(model: CharRNN, engine: str) -> bool:
+    from . import fastgen
+
+    if engine == "torch":
+        return False
+    on_cpu = model.head.weight.device.type == "cpu"
+    if engine == "numba":
+        if not fastgen.available():
+            raise CharloomError("the numba engine needs numba: pip install 'charloom[fast]'")
+        if not on_cpu:
+            raise CharloomError("the numba engine runs on the CPU only")
+        return True
+    if engine != "auto":
+        raise CharloomError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    return on_cpu and fastgen.available()
 
 
 @torch.no_grad()
@@ -82,28 +131,53 @@ def generate_ids(
     settings: SampleSettings,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
+    engine: str = "auto",
 ) -> Iterator[torch.Tensor]:
-    """Endless stream of next ids, ``(num_samples,)`` per step, after ``prime_ids``."""
+    """Endless stream of next ids, ``(num_samples,)`` per step, after ``prime_ids``.
+
+    ``engine``: ``torch`` (the reference: one model call per character), ``numba`` (the
+    compiled loop of ``fastgen.py``, CPU only) or ``auto`` (numba where it can run)."""
     if not prime_ids:
         raise CharloomError("the prime must hold at least one character")
+    fast = _use_numba(model, engine)
+    uniforms = Uniforms(num_samples, generator or torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
     try:
         device = model.head.weight.device
         x = torch.tensor(prime_ids, device=device).long().unsqueeze(0).expand(num_samples, -1)
         logits, state = model(x.contiguous())
-        logits = logits[:, -1]
+        logits = logits[:, -1].float()
+        if fast:
+            from .fastgen import FastGenerator
+
+            gen = FastGenerator(model)
+            block = 1  # the first block small, so the first characters show at once
+            while True:
+                ids, state, logits = gen.run(
+                    state,
+                    logits,
+                    uniforms.take(block),
+                    settings.temperature,
+                    settings.top_k or 0,
+                    1.0 if settings.top_p is None else settings.top_p,
+                    settings.greedy,
+                )
+                yield from ids
+                block = min(block * 4, Uniforms.BLOCK)
         while True:
-            nxt = pick(logits, settings, generator)
+            nxt = pick(logits, settings, uniforms.take(1)[0])
             yield nxt
             step_logits, state = model(nxt.unsqueeze(1), state)
-            logits = step_logits[:, -1]
+            logits = step_logits[:, -1].float()
     finally:
         model.train(was_training)
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
+def _generator(seed: int | None) -> torch.Generator:
+    # Always a CPU generator: the uniforms are drawn on the CPU whatever the model's device,
+    # so a seed gives the same text on every device and engine.
+    g = torch.Generator()
     g.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
     return g
 
@@ -122,6 +196,7 @@ def stream_samples(
     settings: SampleSettings | None = None,
     num_samples: int = 1,
     seed: int | None = None,
+    engine: str = "auto",
 ) -> Iterator[list[str]]:
     """Generate ``num_samples`` texts after ``prime``; each step yields one string per sample
     (possibly empty while a multi-byte character completes in bytes mode). Every sample ends
@@ -134,10 +209,10 @@ def stream_samples(
     prime_ids = prepare_prime(vocab, prime)
     if length == 0:
         return
-    device = model.head.weight.device
     decoders = [vocab.decoder() for _ in range(num_samples)]
     counts = [0] * num_samples
-    for ids in generate_ids(model, prime_ids, settings, num_samples, _generator(seed, device)):
+    generator = _generator(seed)
+    for ids in generate_ids(model, prime_ids, settings, num_samples, generator, engine):
         out = []
         for i, token in enumerate(ids.tolist()):
             piece = decoders[i].feed(token) if counts[i] < length else ""
@@ -157,10 +232,11 @@ def sample(
     settings: SampleSettings | None = None,
     num_samples: int = 1,
     seed: int | None = None,
+    engine: str = "auto",
 ) -> list[str]:
     """``num_samples`` texts, each the prime followed by exactly ``length`` new characters."""
     texts = [[prime] for _ in range(num_samples)]
-    for pieces in stream_samples(model, vocab, prime, length, settings, num_samples, seed):
+    for pieces in stream_samples(model, vocab, prime, length, settings, num_samples, seed, engine):
         for t, p in zip(texts, pieces):
             t.append(p)
     return ["".join(t) for t in texts]

@@ -43,6 +43,8 @@ RUNS_ROOT = "runs"
 
 # The smallest validation split worth evaluating (characters).
 _MIN_VAL_CHARS = 2
+# Under --time, the share of the budget that evaluations may take.
+EVAL_SHARE = 0.05
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -55,6 +57,12 @@ class TrainData:
     val: torch.Tensor  # (N_val,) ids; empty when there is no validation split
     source: TextSource | None
     sha256: str
+
+
+def validation_size(n: int, val_fraction: float) -> int:
+    """How many of ``n`` characters are held out, at the end of the text, for validation."""
+    n_val = int(n * val_fraction)
+    return n_val if n_val >= _MIN_VAL_CHARS else 0
 
 
 def prepare_data(
@@ -72,9 +80,7 @@ def prepare_data(
         raise CharloomError("the text is empty")
     vocab = vocab or Vocab.build(config.vocab, text)
     ids = vocab.encode(text, what="training text")
-    n_val = int(len(ids) * config.val_fraction)
-    if n_val < _MIN_VAL_CHARS:
-        n_val = 0
+    n_val = validation_size(len(ids), config.val_fraction)
     train = torch.from_numpy(ids[: len(ids) - n_val].copy())
     val = torch.from_numpy(ids[len(ids) - n_val :].copy())
     digest = hashlib.sha256(ids.tobytes()).hexdigest()
@@ -194,6 +200,11 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
         self.interrupted: int | None = None  # the signal that asked training to stop
+        # Time bookkeeping for --time budgets: what steps and evaluations cost.
+        self.step_seconds = 0.0
+        self._eval_cost = 0.0
+        self._save_cost = 0.0
+        self._next_eval_at = 0.1 * cfg.time if cfg.time is not None else 0.0
         self._prime = self._training_prime()
 
     # callbacks -------------------------------------------------------------------------
@@ -229,8 +240,27 @@ class Trainer:
     def done(self) -> bool:
         cfg = self.config
         if cfg.time is not None:
-            return self.elapsed >= cfg.time
+            # Stop early enough that the final evaluation and checkpoint end by the deadline.
+            reserve = 1.2 * (self._eval_cost + self._save_cost) if self.has_validation else 0.0
+            return self.elapsed + reserve >= cfg.time
         return self.iteration >= cfg.iters
+
+    def _eval_due(self, it: int) -> bool:
+        if self.config.time is None:
+            return it % self.config.eval_every == 0
+        # Under a time budget, evaluations are spaced by what they cost, so that they take
+        # about EVAL_SHARE of the time whatever the model and validation size.
+        return self.elapsed >= self._next_eval_at
+
+    @staticmethod
+    def _elapsed_now(base: float, start: float) -> float:
+        return base + (time.perf_counter() - start)
+
+    @property
+    def overhead_share(self) -> float:
+        """Share of the wall-clock time spent outside training steps (evaluation, samples,
+        checkpoints, plots)."""
+        return 0.0 if self.elapsed <= 0 else max(0.0, 1 - self.step_seconds / self.elapsed)
 
     def evaluate(self) -> EvalResult:
         dtype = torch.bfloat16 if self.config.precision == "bf16" else None
@@ -248,6 +278,7 @@ class Trainer:
             cfg.sample_length,
             settings,
             seed=cfg.seed + self.iteration,
+            engine="torch",  # no compilation pause inside a timed run
         )[0]
 
     def summary(self) -> dict:
@@ -409,7 +440,9 @@ class Trainer:
             self.interrupted = signum
             print(
                 "\ncharloom: stopping after this step and saving a checkpoint "
-                "(press Ctrl-C again to quit at once)", file=sys.stderr, flush=True,
+                "(press Ctrl-C again to quit at once)",
+                file=sys.stderr,
+                flush=True,
             )
 
         previous = {}
@@ -450,13 +483,22 @@ class Trainer:
                 window_losses.clear()
                 window_time, window_iters = 0.0, 0
                 self._fire("log")
-            if self.has_validation and (it % cfg.eval_every == 0 or self.done()):
+            self.step_seconds += now - t0
+            evaluated = False
+            if self.has_validation and (self.done() or self._eval_due(it)):
+                t_eval = time.perf_counter()
                 self.last_val = self.evaluate()
                 model.train()
                 if self.best_val is None or self.last_val.loss < self.best_val:
                     self.best_val, self.best_iter = self.last_val.loss, it
                     self.save_best()
                 self._fire("eval")
+                self._eval_cost = time.perf_counter() - t_eval
+                self._next_eval_at = self._elapsed_now(base_elapsed, loop_start) + max(
+                    self._eval_cost * (1 - EVAL_SHARE) / EVAL_SHARE,
+                    0.05 * (cfg.time or 0),
+                )
+                evaluated = True
             if it % cfg.sample_every == 0:
                 self.sample_text = self.make_sample()
                 model.train()
@@ -465,9 +507,16 @@ class Trainer:
                 cfg.checkpoint_every_s is not None
                 and time.perf_counter() - last_saved_at >= cfg.checkpoint_every_s
             )
-            if it % checkpoint_every == 0 or due_by_time:
+            if cfg.checkpoint_every is None and cfg.time is not None:
+                due_by_count = evaluated or (not self.has_validation and it % cfg.eval_every == 0)
+            else:
+                due_by_count = it % checkpoint_every == 0
+            if due_by_count or due_by_time:
+                t_save = time.perf_counter()
                 self.save()
                 last_saved, last_saved_at = it, time.perf_counter()
+                self._save_cost = last_saved_at - t_save
+            self.elapsed = self._elapsed_now(base_elapsed, loop_start)
         if window_losses:
             self.window_loss = sum(window_losses) / len(window_losses)
         if self.iteration != last_saved or not (self.run_dir / ckpt.LATEST).exists():

@@ -1,0 +1,311 @@
+"""The benchmark suite: training speed, hardware efficiency, generation speed, evaluation speed and
+quality per minute, measured side by side in one run on this machine.
+
+    charloom bench [--quick] [--json] [--data tinyshakespeare.txt]
+    python -m charloom.bench ...
+
+Every speed is a ratio against a reference measured in the same process: the lecture's per-step
+training loop, the lecture's per-character sampling loop, and square matrix multiplications for
+the machine's arithmetic peak. Nothing here passes or fails: it reports what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import TrainConfig
+from .model import CharRNN, ModelConfig
+from .presets import preset_config
+from .sample import SampleSettings, generate_ids
+from .train import Trainer, prepare_data
+
+# The lecture's model size, used for the like-for-like comparisons.
+SEED_SIZE = dict(kind="lstm", layers=1, hidden=128, embed=100)
+EFFICIENCY_SIZE = dict(kind="lstm", layers=2, hidden=512, embed=128)
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _timed(fn, min_time: float, min_reps: int = 3) -> float:
+    """Seconds per call of ``fn``, after one warm-up call (which builds kernels for the shape)."""
+    fn()
+    reps, start = 0, time.perf_counter()
+    while reps < min_reps or time.perf_counter() - start < min_time:
+        fn()
+        reps += 1
+    return (time.perf_counter() - start) / reps
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, min_time: float = 1.0) -> float:
+    """FLOP/s of an ``n x n`` by ``n x n`` matrix multiplication in ``dtype``."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return 2 * n**3 / _timed(lambda: a @ b, min_time)
+
+
+def flops_per_char(cfg: ModelConfig, training: bool = True) -> float:
+    """Model FLOPs per character: each layer's gates are ``G*h*(in+h)`` multiply-adds (G = 4 for
+    an LSTM) and the head ``h*V``; a multiply-add is 2 FLOPs; training is x3 (forward, and the
+    two products of the backward pass)."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cfg.kind]
+    macs = cfg.hidden * cfg.vocab_size
+    for layer in range(cfg.layers):
+        inp = cfg.embed if layer == 0 else cfg.hidden
+        macs += gates * cfg.hidden * (inp + cfg.hidden)
+    return 2 * macs * (3 if training else 1)
+
+
+def train_chars_per_s(
+    config: TrainConfig, text: str, min_time: float, steps_per_call: int = 1
+) -> float:
+    """Training characters per second of ``config``'s loop (batches, forward, backward, step)."""
+    data = prepare_data(config, text)
+    trainer = Trainer(config, data, Path(tempfile.gettempdir()) / "charloom-bench-unused")
+
+    def run():
+        for _ in range(steps_per_call):
+            trainer._step(*trainer.batches.next())
+
+    seconds = _timed(run, min_time)
+    return config.batch_size * config.seq_len * steps_per_call / seconds
+
+
+@dataclass
+class _Lecture:
+    """The lecture's sampling loop: LSTMCell one character at a time, ``exp(logits / t)`` and
+    ``torch.multinomial`` - the reference for generation speed."""
+
+    model: CharRNN
+
+    @torch.no_grad()
+    def generate(self, n: int, temperature: float = 0.8) -> None:
+        m = self.model
+        cell = torch.nn.LSTMCell(m.config.embed, m.config.hidden)
+        cell.weight_ih.data, cell.weight_hh.data = m.rnn.weight_ih_l0, m.rnn.weight_hh_l0
+        cell.bias_ih.data, cell.bias_hh.data = m.rnn.bias_ih_l0, m.rnn.bias_hh_l0
+        h = torch.zeros(1, m.config.hidden)
+        c = torch.zeros(1, m.config.hidden)
+        x = torch.tensor([0])
+        for _ in range(n):
+            h, c = cell(m.embedding(x), (h, c))
+            dist = m.head(h).view(-1).div(temperature).exp()
+            x = torch.multinomial(dist, 1)
+
+
+def generation_chars_per_s(model: CharRNN, streams: int, n: int, engine: str = "auto") -> float:
+    gen = generate_ids(
+        model, [0], SampleSettings(), streams, torch.Generator().manual_seed(0), engine=engine
+    )
+    for _ in range(64):  # warm-up (compilation, first blocks)
+        next(gen)
+    start = time.perf_counter()
+    for _ in range(n):
+        next(gen)
+    return n * streams / (time.perf_counter() - start)
+
+
+def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
+    """``charloom train DATA --time T`` with no size flags, then ``charloom eval`` on the held-out
+    last 10% of the text; both as a user runs them."""
+    out = workdir / f"run-{seconds}"
+    exe = [sys.executable, "-m", "charloom"]
+    t0 = time.perf_counter()
+    subprocess.run(
+        [*exe, "train", str(data), "--time", seconds, "--out", str(out), "--quiet"], check=True
+    )
+    wall = time.perf_counter() - t0
+    text = data.read_text(encoding="utf-8")
+    held = workdir / "held-out.txt"
+    held.write_text(text[len(text) - len(text) // 10 :], encoding="utf-8")
+    t1 = time.perf_counter()
+    res = subprocess.run(
+        [*exe, "eval", str(out), str(held), "--json"], check=True, capture_output=True, text=True
+    )
+    eval_s = time.perf_counter() - t1
+    result = json.loads(res.stdout)
+    info = json.loads((out / "best" / "config.json").read_text())
+    return {
+        "val_loss": result["loss"],
+        "val_bpc": result["bpc"],
+        "chars": result["chars"],
+        "train_wall_s": wall,
+        "eval_wall_s": eval_s,
+        "model": info["model"],
+        "iterations": info["training"]["iterations"],
+    }
+
+
+def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
+    """Run the suite; returns the JSON object (see the module docstring)."""
+    results: dict = {"machine": machine(), "quick": quick}
+    text = data.read_text(encoding="utf-8") if data else _fallback_text()
+    min_time = 1.0 if quick else 3.0
+
+    log("matrix-multiply peak ...")
+    fp32_peak = matmul_peak(torch.float32, min_time=min_time)
+    bf16_peak = matmul_peak(torch.bfloat16, min_time=min_time)
+    results["matmul_peak_gflops"] = {"fp32": fp32_peak / 1e9, "bf16": bf16_peak / 1e9}
+
+    log("training speed: the seed loop against the fast path at the same size ...")
+    seed_cfg = preset_config("seed")
+    seed_cps = train_chars_per_s(seed_cfg, text, min_time)
+    fast_cfg = preset_config("tiny", **SEED_SIZE, vocab="printable", ascii=True)
+    fast_cps = train_chars_per_s(fast_cfg, text, min_time)
+    results["train_seed_chars_per_s"] = seed_cps
+    results["train_fast_chars_per_s"] = fast_cps
+    results["train_fast_batch"] = f"{fast_cfg.batch_size}x{fast_cfg.seq_len}"
+    results["train_speedup_vs_seed"] = fast_cps / seed_cps
+
+    log("hardware efficiency at 2x512 ...")
+    eff = {}
+    for precision in ("fp32", "bf16"):
+        cfg = preset_config("medium", **EFFICIENCY_SIZE, precision=precision)
+        cps = train_chars_per_s(cfg, text, min_time)
+        cfg.model.vocab_size = len(set(text))
+        flops = cps * flops_per_char(cfg.model)
+        eff[precision] = {"chars_per_s": cps, "model_gflops": flops / 1e9}
+    results["efficiency"] = eff
+    results["fp32_efficiency"] = eff["fp32"]["model_gflops"] * 1e9 / fp32_peak
+    results["bf16_efficiency_vs_bf16_peak"] = eff["bf16"]["model_gflops"] * 1e9 / bf16_peak
+    results["bf16_over_fp32"] = eff["bf16"]["chars_per_s"] / eff["fp32"]["chars_per_s"]
+
+    log("generation speed ...")
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=100, **SEED_SIZE)).eval()
+    n_ref = 1000 if quick else 3000
+    lecture_cps = n_ref / _timed(lambda: _Lecture(model).generate(n_ref), 0.5, 1)
+    one = generation_chars_per_s(model, 1, 5000 if quick else 20000)
+    many = generation_chars_per_s(model, 64, 300 if quick else 1000)
+    results["gen_lecture_chars_per_s"] = lecture_cps
+    results["gen_chars_per_s"] = one
+    results["gen_speedup_vs_seed"] = one / lecture_cps
+    results["gen_batched_chars_per_s"] = many
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        corpus = data or (workdir / "corpus.txt")
+        if data is None:
+            corpus.write_text(text, encoding="utf-8")
+        runs = [("90s", "45s" if quick else "90s")] + ([] if quick else [("5m", "5m")])
+        for key, budget in runs:
+            log(f"quality: charloom train --time {budget}, then charloom eval ...")
+            q = _quality_run(corpus, budget, workdir)
+            results[f"quality_{key}"] = q
+            results[f"val_loss_{key}"] = q["val_loss"]
+        q = results["quality_90s"]
+        results["eval_chars_per_s"] = q["chars"] / q["eval_wall_s"]
+    return results
+
+
+def _fallback_text() -> str:
+    from .corpus import load_builtin
+
+    return load_builtin("python-docs")
+
+
+def table(results: dict) -> str:
+    r = results
+    fp32, bf16 = r["efficiency"]["fp32"], r["efficiency"]["bf16"]
+    rows = [
+        ("training, seed loop (chars/s)", f"{r['train_seed_chars_per_s']:,.0f}"),
+        (
+            f"training, fast path {r['train_fast_batch']} (chars/s)",
+            f"{r['train_fast_chars_per_s']:,.0f}",
+        ),
+        ("training speed-up vs seed", f"{r['train_speedup_vs_seed']:.1f}x"),
+        ("fp32 matmul peak (GFLOP/s)", f"{r['matmul_peak_gflops']['fp32']:,.0f}"),
+        ("bf16 matmul peak (GFLOP/s)", f"{r['matmul_peak_gflops']['bf16']:,.0f}"),
+        (
+            "2x512 fp32 (chars/s, GFLOP/s)",
+            f"{fp32['chars_per_s']:,.0f}, {fp32['model_gflops']:,.1f}",
+        ),
+        (
+            "2x512 bf16 (chars/s, GFLOP/s)",
+            f"{bf16['chars_per_s']:,.0f}, {bf16['model_gflops']:,.1f}",
+        ),
+        ("fp32 efficiency (of fp32 peak)", f"{r['fp32_efficiency']:.2f}"),
+        ("bf16 / fp32 chars/s", f"{r['bf16_over_fp32']:.2f}x"),
+        ("generation, lecture loop (chars/s)", f"{r['gen_lecture_chars_per_s']:,.0f}"),
+        ("generation, one stream (chars/s)", f"{r['gen_chars_per_s']:,.0f}"),
+        ("generation speed-up vs lecture", f"{r['gen_speedup_vs_seed']:.1f}x"),
+        ("generation, 64 streams (chars/s)", f"{r['gen_batched_chars_per_s']:,.0f}"),
+        ("eval (chars/s, whole command)", f"{r['eval_chars_per_s']:,.0f}"),
+    ]
+    for key in ("90s", "5m"):
+        if f"val_loss_{key}" in r:
+            q = r[f"quality_{key}"]
+            m = q["model"]
+            rows.append(
+                (
+                    f"val loss after --time {key} (nats/char)",
+                    f"{r[f'val_loss_{key}']:.4f} ({m['kind']} {m['layers']}x{m['hidden']}, "
+                    f"{q['iterations']} its)",
+                )
+            )
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="charloom bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="under 2 minutes; skips the 5 m run")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=_default_data(),
+        help="text for the quality runs (default: tiny shakespeare if found)",
+    )
+    args = ap.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    results = run(quick=args.quick, data=args.data, log=log)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"machine: {results['machine']}")
+        print(table(results))
+    return 0
+
+
+def _default_data() -> Path | None:
+    here = Path(__file__).resolve()
+    for parent in [Path.cwd(), *here.parents]:
+        cand = parent.parent / "shared" / "data" / "tinyshakespeare.txt"
+        if cand.exists():
+            return cand
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
