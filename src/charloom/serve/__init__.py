@@ -1,0 +1,42 @@
+"""``charloom serve``: an HTTP generation API and a web playground for a trained model.
+
+Needs the ``serve`` extra (FastAPI and uvicorn): ``pip install 'charloom[serve]'``. The pieces:
+
+- ``limits.py``     ServeLimits: every bound a request must respect (one home for them);
+- ``scheduler.py``  one worker that steps all requests' samples together, a chunk at a time;
+- ``schemas.py``    request and response bodies (strict, bounded, documented in OpenAPI);
+- ``app.py``        ``create_app(model, limits)``: the routes, error answers, streaming;
+- ``server.py``     ``serve(run, host, port, ...)``: load a run, bind, hand the app to uvicorn;
+- ``static/``       the playground page and the offline API docs page.
+
+Only ``limits`` is imported here, so ``import charloom.serve`` works without the extra and
+``charloom serve`` can say how to install it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ..errors import CharloomError
+from .limits import ServeLimits
+
+EXTRA_HINT = "serving needs the serve extra: pip install 'charloom[serve]'"
+
+
+def require_serve_extra() -> None:
+    """Raise a :class:`CharloomError` saying how to install FastAPI and uvicorn if either is
+    missing."""
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CharloomError(f"{EXTRA_HINT} ({', '.join(missing)} not installed)")
+
+
+def serve(run, **kwargs) -> None:
+    """Serve the model in run directory ``run``; see :func:`charloom.serve.server.serve`."""
+    require_serve_extra()
+    from .server import serve as _serve
+
+    _serve(run, **kwargs)
+
+
+__all__ = ["EXTRA_HINT", "ServeLimits", "require_serve_extra", "serve"]
