@@ -16,6 +16,7 @@ from .config import TrainConfig
 from .errors import CharloomError
 from .evaluate import EvalResult
 from .model import CharRNN, ModelConfig
+from .prepared import prepare
 from .presets import preset_config
 from .train import Trainer, TrainResult, load_trainer, train
 from .vocab import Vocab
@@ -33,6 +34,7 @@ __all__ = [
     "Vocab",
     "load",
     "load_trainer",
+    "prepare",
     "preset_config",
     "train",
 ]
