@@ -127,3 +127,34 @@ def test_python_dash_m_and_version():
         [sys.executable, "-m", "charloom", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("charloom ")
+
+
+def test_tensorboard_without_the_package_is_one_clear_line(tmp_path, capsys):
+    pytest.importorskip("torch")
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    from conftest import make_text
+
+    text = tmp_path / "t.txt"
+    text.write_text(make_text(), encoding="utf-8")
+    rc = main(
+        ["train", str(text), *TINY, "--iters", "2", "--tensorboard", "--out", str(tmp_path / "tb")]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("charloom: error: ") and "charloom[tensorboard]" in err
+    assert not (tmp_path / "tb").exists()
+
+
+def test_sample_into_a_closed_pipe_is_not_an_error(run):
+    proc = subprocess.run(
+        f"{sys.executable} -m charloom sample {run} --length 20000 --engine torch | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+    )
+    assert len(proc.stdout) == 10
+    assert "error" not in proc.stderr and "Traceback" not in proc.stderr

@@ -97,3 +97,9 @@ def test_bad_prime_and_length_are_refused(model_and_vocab):
         sample(model, vocab, "", 5)
     with pytest.raises(CharloomError):
         sample(model, vocab, "Th", -1)
+
+
+def test_a_tiny_temperature_is_nearly_greedy(model_and_vocab):
+    model, vocab = model_and_vocab
+    greedy = sample(model, vocab, "Th", 30, SampleSettings(greedy=True))
+    assert sample(model, vocab, "Th", 30, SampleSettings(temperature=1e-40), seed=1) == greedy

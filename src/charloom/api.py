@@ -51,11 +51,19 @@ class CharModel:
         greedy: bool = False,
         num_samples: int = 1,
         seed: int | None = None,
+        engine: str = "auto",
     ) -> list[str]:
         """``num_samples`` texts: the prime followed by exactly ``length`` new characters."""
         settings = SampleSettings(temperature, top_k, top_p, greedy)
         return sample(
-            self.model, self.vocab, self.normalise(prime), length, settings, num_samples, seed
+            self.model,
+            self.vocab,
+            self.normalise(prime),
+            length,
+            settings,
+            num_samples,
+            seed,
+            engine,
         )
 
     def stream(
@@ -67,11 +75,12 @@ class CharModel:
         top_p: float | None = None,
         greedy: bool = False,
         seed: int | None = None,
+        engine: str = "auto",
     ) -> Iterator[str]:
         """The new characters of one sample, yielded as they are generated."""
         settings = SampleSettings(temperature, top_k, top_p, greedy)
         for pieces in stream_samples(
-            self.model, self.vocab, self.normalise(prime), length, settings, 1, seed
+            self.model, self.vocab, self.normalise(prime), length, settings, 1, seed, engine
         ):
             if pieces[0]:
                 yield pieces[0]

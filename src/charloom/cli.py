@@ -14,10 +14,15 @@ import sys
 from dataclasses import fields
 
 from ._version import __version__
-from .errors import CharloomError
+from .errors import CharloomError, TrainingInterrupted
 
 # Flags of ``train`` that map one-to-one onto TrainConfig / ModelConfig fields (dest == field).
 _MODEL_FLAGS = ("kind", "layers", "hidden", "embed", "dropout")
+# Flags that fix the model's size or its training speed; with none of them, --time sizes the model.
+_SIZE_FLAGS = {
+    "kind", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr", "precision",
+    "path", "batching",
+}
 # Settings that a resumed run may change; everything else is fixed by the run.
 _RESUMABLE = {
     "iters",
@@ -79,6 +84,16 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except CharloomError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _every(text: str) -> tuple[str, float]:
+    """``--checkpoint-every``: a number of iterations, or a duration such as ``10m``."""
+    if text.strip().isdigit():
+        n = int(text)
+        if n < 1:
+            raise argparse.ArgumentTypeError("must be at least 1")
+        return ("iters", n)
+    return ("seconds", _duration(text))
 
 
 def _text_args(p: argparse.ArgumentParser) -> None:
@@ -162,13 +177,41 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_int_at_least(1), default=S)
     t.add_argument("--sample-every", type=_int_at_least(1), default=S)
     t.add_argument("--log-every", type=_int_at_least(1), default=S)
-    t.add_argument("--checkpoint-every", type=_int_at_least(1), default=S)
+    t.add_argument(
+        "--checkpoint-every", type=_every, default=S, metavar="N|DURATION",
+        help="checkpoint every N iterations, or every DURATION (10m) (default: with each "
+        "evaluation, and at least every 10 minutes)",
+    )
     t.add_argument("--sample-prime", default=S)
     t.add_argument("--sample-length", type=_int_at_least(0), default=S)
     t.add_argument("--sample-temperature", type=_finite_float, default=S)
     t.add_argument("--tensorboard", action="store_true", default=S)
     t.add_argument("--quiet", action="store_true", help="no console output")
     t.add_argument("--no-bar", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--nproc", type=_int_at_least(1), default=1, metavar="N",
+        help="train with N processes on this machine (torchrun; one per GPU on CUDA)",
+    )
+
+    # --- prepare ------------------------------------------------------------------------
+    pr = sub.add_parser(
+        "prepare",
+        help="encode text once into memory-mapped ids, for corpora larger than memory",
+        description=(
+            "Encode TEXT (files, folders or glob patterns) in one streaming pass into DATA/ids.bin "
+            "and DATA/meta.json; then `charloom train DATA` trains from it without loading it."
+        ),
+    )
+    pr.add_argument("text", nargs="*", metavar="TEXT")
+    _text_args(pr)
+    pr.add_argument("--out", metavar="DATA", required=True, help="the folder to write")
+    pr.add_argument("--vocab", choices=VOCAB_KINDS, default="corpus")
+    pr.add_argument(
+        "--ascii", action="store_true",
+        help="normalise text to ASCII (unidecode, collapse runs of spaces)",
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace prepared data in DATA")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
     # --- sample -------------------------------------------------------------------------
     s = sub.add_parser("sample", help="generate text from a trained model")
@@ -183,6 +226,10 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_int_at_least(0), default=None, help="same seed, same text")
     s.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     s.add_argument("--device", choices=DEVICES, default="cpu")
+    s.add_argument(
+        "--engine", choices=("auto", "torch", "numba"), default="auto",
+        help="generation loop: compiled with numba where installed (auto), or plain torch",
+    )
 
     # --- eval ---------------------------------------------------------------------------
     e = sub.add_parser("eval", help="loss, bits per char and perplexity on a text")
@@ -193,11 +240,105 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     e.add_argument("--device", choices=DEVICES, default="auto")
 
+    # --- bench --------------------------------------------------------------------------
+    b = sub.add_parser("bench", help="measure training, generation and eval speed, and quality")
+    b.add_argument("--quick", action="store_true", help="under 2 minutes; skips the 5 m run")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--data", metavar="TEXT", help="text for the quality runs (tiny shakespeare)")
+
     # --- info ---------------------------------------------------------------------------
     i = sub.add_parser("info", help="what a run holds: model, vocabulary, training")
     i.add_argument("run", metavar="RUN")
     i.add_argument("--checkpoint", choices=("best", "latest"), default="best")
     i.add_argument("--json", action="store_true")
+
+    # --- viz ----------------------------------------------------------------------------
+    v = sub.add_parser(
+        "viz",
+        help="an HTML page showing the model's units, predictions and surprisal on a text",
+        description=(
+            "Write one self-contained HTML page: the text coloured by a hidden unit, the units "
+            "found to follow simple text features, the top-5 next-character predictions and "
+            "the surprisal of every character."
+        ),
+    )
+    v.add_argument("run", metavar="RUN", help="run directory or checkpoint folder")
+    v.add_argument("text", nargs="*", metavar="TEXT", help="files, folders or glob patterns")
+    _text_args(v)
+    v.add_argument("--out", metavar="FILE", default="viz.html", help="the page (viz.html)")
+    v.add_argument("--layer", type=int, default=None, help="only this layer (1 = the lowest)")
+    v.add_argument(
+        "--state", choices=("h", "c"), default=None, help="only the hidden (h) or cell (c) state"
+    )
+    v.add_argument("--unit", type=int, default=None, help="the unit shown first (0-based)")
+    v.add_argument("--start", type=_int_at_least(0), default=0, help="skip this many characters")
+    v.add_argument(
+        "--max-chars", type=int, default=None, help="characters shown (3000; at most 4096)"
+    )
+    v.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    v.add_argument("--device", choices=DEVICES, default="cpu")
+
+    # --- plot ---------------------------------------------------------------------------
+    pl = sub.add_parser(
+        "plot",
+        help="draw several runs' loss curves on one figure (PNG and PDF)",
+        description="Compare runs: their loss curves (and learning rates) on one figure.",
+    )
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    pl.add_argument(
+        "--out",
+        metavar="FILE",
+        default="loss-compare.png",
+        help="FILE.png (a .pdf is written beside it; loss-compare.png)",
+    )
+    pl.add_argument(
+        "--metric",
+        choices=("both", "val", "train"),
+        default="both",
+        help="validation, training or both (default) curves",
+    )
+    pl.add_argument(
+        "--x",
+        dest="x_axis",
+        choices=("iter", "time"),
+        default="iter",
+        help="iterations or wall-clock seconds along the x axis",
+    )
+    pl.add_argument("--title", default="", help="a title for the figure")
+
+    # --- serve --------------------------------------------------------------------------
+    sv = sub.add_parser(
+        "serve",
+        help="an HTTP generation API and a web playground (needs charloom[serve])",
+        description=(
+            "Serve a model: the playground at /, the API under /v1 (documented at /docs). "
+            "Listens on loopback unless --host says otherwise (0.0.0.0: all interfaces)."
+        ),
+    )
+    sv.add_argument("run", metavar="RUN", help="run directory or checkpoint folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sv.add_argument("--port", type=_int_at_least(1), default=8000, help="port (8000)")
+    sv.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    sv.add_argument("--device", choices=DEVICES, default="cpu")
+    sv.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads")
+    sv.add_argument("--access-log", action="store_true", help="log every request")
+    from .serve.limits import ServeLimits
+
+    bounds = ServeLimits()
+    for name, text in (
+        ("max_length", "new characters per sample"),
+        ("max_samples", "samples per request"),
+        ("max_prime", "characters of prime"),
+        ("max_body", "bytes of request body"),
+        ("max_active", "samples generated at once, all requests together"),
+        ("max_connections", "open connections"),
+    ):
+        sv.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_int_at_least(1),
+            default=None,
+            help=f"{text} ({getattr(bounds, name)})",
+        )
     return parser
 
 
@@ -206,10 +347,60 @@ def _overrides(args: argparse.Namespace) -> dict:
     from .config import TrainConfig
 
     names = {f.name for f in fields(TrainConfig)} | set(_MODEL_FLAGS)
-    return {k: v for k, v in vars(args).items() if k in names}
+    out = {k: v for k, v in vars(args).items() if k in names}
+    if "checkpoint_every" in out:
+        unit, value = out.pop("checkpoint_every")
+        out["checkpoint_every" if unit == "iters" else "checkpoint_every_s"] = value
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import distributed
+
+    if args.nproc > 1:
+        if distributed.launched():
+            raise CharloomError("--nproc starts the processes itself; under torchrun leave it out")
+        _check_train_args(args)
+        return distributed.launch(args.nproc, _without_nproc(args.argv))
+    try:
+        return _train(args)
+    finally:
+        distributed.leave()
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--nproc N`` (also spelled ``--nproc=N`` or abbreviated)."""
+    out, skip = [], False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) > 3 and "--nproc".startswith(name):
+            skip = "=" not in arg
+        else:
+            out.append(arg)
+    return out
+
+
+def _check_train_args(args: argparse.Namespace) -> None:
+    """What a launcher can check before starting processes, so that a plain mistake is one
+    error line rather than one per process."""
+    from .checkpoint import find_resumable
+    from .presets import preset_config
+
+    if args.resume:
+        find_resumable(args.resume)
+        return
+    config = preset_config(args.preset, **_overrides(args))
+    config.validate()
+    if config.batch_size % args.nproc:
+        raise CharloomError(
+            f"--batch-size {config.batch_size} must be a multiple of --nproc {args.nproc}: "
+            "each process takes an equal share of every batch"
+        )
+
+
+def _train(args: argparse.Namespace) -> int:
     from .presets import preset_config
     from .reporting import attach_reporting
     from .train import load_trainer, train
@@ -229,6 +420,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.run()
         return 0
     config = preset_config(args.preset, **overrides)
+    # --time with no preset and no size flags: charloom sizes the model for the budget.
+    sized = "time" in overrides and not args.preset and not (set(overrides) & _SIZE_FLAGS)
     train(
         config,
         paths=args.text,
@@ -240,7 +433,37 @@ def cmd_train(args: argparse.Namespace) -> int:
         name=args.name,
         console=console,
         progress_bar=not args.no_bar,
+        size_for_budget=sized,
     )
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import time
+
+    from .prepared import prepare
+
+    start = time.perf_counter()
+    data = prepare(
+        args.text,
+        args.out,
+        vocab=args.vocab,
+        ascii=args.ascii,
+        corpus=args.corpus,
+        encoding=args.encoding,
+        errors=args.errors,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        seconds = time.perf_counter() - start
+        size = data.source.get("bytes")
+        rate = f", {size / 1e6 / seconds:.0f} MB/s" if size else ""
+        print(
+            f"charloom: prepared {data.length:,} ids ({data.vocab.kind} vocabulary, "
+            f"{data.vocab.size} symbols, {data.dtype.name}) into {data.path} in {seconds:.1f} s"
+            f"{rate}; train on it: charloom train {data.path}"
+        )
     return 0
 
 
@@ -254,6 +477,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         greedy=args.greedy,
         seed=args.seed,
+        engine=args.engine,
     )
     out = sys.stdout
     if args.num_samples == 1:
@@ -292,6 +516,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{result.bpc:.4f} bits/char  perplexity {result.perplexity:.3f}"
         )
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench_main
+
+    argv = [*(["--quick"] if args.quick else []), *(["--json"] if args.json else [])]
+    if args.data:
+        if not os.path.isfile(args.data):
+            raise CharloomError(f"no such file: {args.data!r}")
+        argv += ["--data", args.data]
+    return bench_main(argv)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -349,20 +584,88 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info}
+def cmd_viz(args: argparse.Namespace) -> int:
+    from .corpus import read_text
+    from .viz import DEFAULT_MAX_CHARS, write_page
+
+    text, source = read_text(args.text, args.corpus, encoding=args.encoding, errors=args.errors)
+    page = write_page(
+        args.run,
+        text,
+        args.out,
+        which=args.checkpoint,
+        device=args.device,
+        layer=args.layer,
+        state=args.state,
+        unit=args.unit,
+        start=args.start,
+        max_chars=args.max_chars if args.max_chars is not None else DEFAULT_MAX_CHARS,
+    )
+    cut = " (truncated)" if page.truncated else ""
+    print(
+        f"charloom: wrote {page.path} ({page.bytes / 1e6:.1f} MB): {page.chars:,} chars of "
+        f"{source.describe()}{cut}, {page.units:,} units, mean surprisal "
+        f"{page.mean_bits:.4f} bits/char"
+    )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_compare
+
+    written = plot_compare(
+        args.runs, args.out, metric=args.metric, x_axis=args.x_axis, title=args.title
+    )
+    print("charloom: wrote " + " and ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeLimits, serve
+
+    bounds = ("max_length", "max_samples", "max_prime", "max_body", "max_active", "max_connections")
+    given = {k: getattr(args, k) for k in bounds if getattr(args, k) is not None}
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        limits=ServeLimits(**given),
+        checkpoint=args.checkpoint,
+        device=args.device,
+        threads=args.threads,
+        access_log=args.access_log,
+    )
+    return 0
+
+
+_COMMANDS = {
+    "train": cmd_train,
+    "prepare": cmd_prepare,
+    "sample": cmd_sample,
+    "eval": cmd_eval,
+    "info": cmd_info,
+    "viz": cmd_viz,
+    "plot": cmd_plot,
+    "serve": cmd_serve,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
-        if not args.command:
+        args.argv = sys.argv[1:] if argv is None else list(argv)  # for `train --nproc`
+        if not args.command:  # plain `charloom`: show what it can do
             parser.print_help()
-            return 2
+            return 0
         return _COMMANDS[args.command](args)
     except CharloomError as exc:
         print(f"charloom: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as exc:
+        print(f"charloom: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("charloom: interrupted", file=sys.stderr)
         return 130
@@ -372,3 +675,9 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A disk that filled up, a folder that became unwritable: say which file, no traceback.
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"charloom: error: cannot write or read{where}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2

@@ -46,8 +46,9 @@ if HAVE_NUMBA:
         v = logits.shape[0]
         if greedy:
             return np.argmax(logits)
+        top = np.max(logits)
         for j in range(v):
-            probs[j] = logits[j] / temperature
+            probs[j] = (logits[j] - top) / temperature
         if top_k > 0 and top_k < v:
             srt = np.sort(probs)
             kth = srt[v - top_k]
@@ -182,6 +183,8 @@ if HAVE_NUMBA:
             )
         logits0[b, :] = logits
 
+    # Two functions rather than one compiled twice: numba's on-disk cache does not tell two
+    # compilations of one function apart by their options.
     @numba.njit(cache=True)
     def _generate_serial(
         kind,

@@ -5,13 +5,14 @@ the lecture's printed lines), ``metrics.jsonl``, ``samples.txt``, the loss plots
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 from .errors import CharloomError
 from .plot import plot_run, read_metrics
-from .train import METRICS_FILE, SAMPLE_HEADER, SAMPLES_FILE, Trainer
+from .train import EVAL_SHARE, METRICS_FILE, SAMPLE_HEADER, SAMPLES_FILE, Trainer
 
 PLOT_FILES = ("loss.png", "loss.pdf")
 
@@ -101,12 +102,18 @@ class Console:
         cfg = t.config
         if t.resume_note:
             self.write(f"charloom: {t.resume_note}")
+        if t.sizing_note:
+            self.write(f"charloom: {t.sizing_note}")
         where = (
             f"resuming {t.run_dir} at iteration {t.iteration}"
             if t.resumed_from
             else f"training into {t.run_dir}"
         )
-        budget = f"{cfg.time:g} s" if cfg.time is not None else f"{cfg.iters} iterations"
+        budget = (
+            f"{cfg.time:g} s (evaluations take about {100 * EVAL_SHARE:.0f}% of it)"
+            if cfg.time is not None and t.has_validation
+            else f"{cfg.time:g} s" if cfg.time is not None else f"{cfg.iters} iterations"
+        )
         self.write(
             f"charloom: {where}: {cfg.model.kind} {cfg.model.layers}x{cfg.model.hidden}, "
             f"{t.model.num_parameters():,} parameters, vocabulary {t.data.vocab.kind} "
@@ -156,8 +163,9 @@ class Console:
             return
         v = t.last_val
         best = " (best)" if t.best_iter == t.iteration else ""
+        train = t.last_loss if math.isnan(t.window_loss) else t.window_loss
         self.write(
-            f"iter {t.iteration}: train {t.window_loss:.4f}  val {v.loss:.4f} nats/char "
+            f"iter {t.iteration}: train {train:.4f}  val {v.loss:.4f} nats/char "
             f"= {v.bpc:.4f} bits/char{best}"
         )
 
@@ -206,7 +214,9 @@ class TensorBoard:
 
 def attach_reporting(trainer: Trainer, console: bool = True, bar: bool = True) -> None:
     """Hang the standard reporters on ``trainer``'s events (done on ``start``, once the run
-    directory exists)."""
+    directory exists). Under torchrun only rank 0 reports: the others attach nothing."""
+    if not trainer.is_main:
+        return
 
     def setup(t: Trainer) -> None:
         metrics = Metrics(t)

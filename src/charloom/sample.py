@@ -44,7 +44,10 @@ class SampleSettings:
 
 def next_token_distribution(logits: torch.Tensor, settings: SampleSettings) -> torch.Tensor:
     """``logits (B, V)`` -> probabilities ``(B, V)`` after temperature, top-k and top-p."""
-    logits = logits.float() / settings.temperature
+    # Shift by the maximum before dividing, so that a tiny temperature gives large negative
+    # numbers (a near-greedy choice) rather than infinities and NaN.
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / settings.temperature
     if settings.top_k is not None and settings.top_k < logits.shape[-1]:
         kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -7,6 +7,7 @@ Logging, sampling, plotting and the progress bar hang off the loop as callbacks 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -26,12 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import distributed
 from .batches import make_batches
 from .config import TrainConfig
 from .corpus import TextSource, normalise_ascii, read_text
 from .errors import CharloomError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN, detach_state
+from .prepared import load_prepared, open_prepared, prepared_folder
 from .runtime import autocast, resolve_device
 from .sample import SampleSettings, sample
 from .vocab import Vocab
@@ -41,6 +44,8 @@ SAMPLES_FILE = "samples.txt"
 SAMPLE_HEADER = "--- iteration {} ---"  # heads each sample in samples.txt
 RUNS_ROOT = "runs"
 
+# "No non-finite loss yet" (see Trainer._check_diverged).
+_NEVER = 2**62
 # The smallest validation split worth evaluating (characters).
 _MIN_VAL_CHARS = 2
 # Under --time, the share of the budget that evaluations may take.
@@ -101,6 +106,11 @@ def learning_rate(config: TrainConfig, iteration: int, progress: float) -> float
     progress = min(max(progress, 0.0), 1.0)
     low = config.lr * config.min_lr_ratio
     return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * progress))
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own random numbers (dropout) in a distributed run."""
+    return (seed + 1_000_003 * rank) % 2**63
 
 
 # --- run directories -------------------------------------------------------------------------
@@ -174,6 +184,9 @@ class Trainer:
         cfg.model.validate()
         self.run_dir = Path(self.run_dir)
         self.device = resolve_device(cfg.device)
+        self.dist = distributed.join(self.device)  # None unless started by torchrun
+        if self.dist is not None:
+            self.device = self.dist.device
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
@@ -184,6 +197,8 @@ class Trainer:
         self.batches = make_batches(
             cfg.batching, self.data.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 1
         )
+        self._train_module = self._spread_over_ranks()  # what the training forward runs
+        self._nonfinite_at: torch.Tensor | None = None  # on GPUs: first non-finite iteration
         self.iteration = 0
         self.elapsed = 0.0  # seconds of training so far, across resumes
         self.chars_seen = 0
@@ -200,6 +215,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
         self.interrupted: int | None = None  # the signal that asked training to stop
+        self.sizing_note: str | None = None  # how the model was sized for a --time budget
         # Time bookkeeping for --time budgets: what steps and evaluations cost.
         self.step_seconds = 0.0
         self._eval_cost = 0.0
@@ -216,6 +232,65 @@ class Trainer:
     def _fire(self, event: str) -> None:
         for fn in self.callbacks.get(event, ()):
             fn(self)
+
+    # many processes ----------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        """Whether this process reports and writes: always, unless it is a rank other than 0
+        of a distributed run (see ``distributed.py``)."""
+        return self.dist is None or self.dist.is_main
+
+    def _spread_over_ranks(self) -> torch.nn.Module:
+        """The model, or under torchrun the model wrapped in DistributedDataParallel, which
+        averages the gradients of the ranks' shares of each batch. ``self.model`` stays the
+        bare module: evaluation, samples and checkpoints use it."""
+        if self.dist is None:
+            return self.model
+        cfg, world = self.config, self.dist.world_size
+        if cfg.batch_size % world:
+            raise CharloomError(
+                f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
+                f"({world}): each process takes an equal share of every batch"
+            )
+        if self.dist.rank:  # dropout masks differ between ranks as between rows of one batch
+            torch.manual_seed(_rank_seed(cfg.seed, self.dist.rank))
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids)
+
+    def _command(self, cmd: int = 0, value: float = 0.0) -> tuple[int, float]:
+        """Rank 0: send a command to the other ranks; they: receive it. Either way, a signal
+        caught by any rank reaches rank 0 here, which then stops the run for all."""
+        cmd, value, heard = self.dist.command(cmd, value, self.interrupted)
+        if heard is not None and self.interrupted is None:
+            self.interrupted = heard
+        return cmd, value
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of batch tensor ``t (B, T)``, on the training device."""
+        if self.dist is not None:
+            t = t[self.dist.share(len(t))]
+        if self.device.type == "cuda":
+            t = t.pin_memory()  # so that the copy does not wait for the device
+        return t.to(self.device, non_blocking=True)
+
+    def _check_diverged(self) -> None:
+        """On GPUs non-finite losses are noted on the device (no sync per step) and reported
+        here, before anything is evaluated, logged or written."""
+        if self._nonfinite_at is not None and int(self._nonfinite_at) != _NEVER:
+            raise CharloomError(
+                "training diverged: the loss or gradient norm became non-finite at iteration "
+                f"{int(self._nonfinite_at)}; the last checkpoint is kept. Try a lower --lr, "
+                "--grad-clip 1.0, or --precision fp32"
+            )
+
+    def _mean_loss(self, losses: list) -> float:
+        """Mean of the losses ``_step`` returned (floats, or device scalars on GPUs)."""
+        if losses and torch.is_tensor(losses[0]):
+            self._check_diverged()
+            return float(torch.stack(losses).mean())
+        return sum(losses) / len(losses)
 
     # helpers ---------------------------------------------------------------------------
     def _training_prime(self) -> str:
@@ -241,8 +316,9 @@ class Trainer:
         cfg = self.config
         if cfg.time is not None:
             # Stop early enough that the final evaluation and checkpoint end by the deadline.
+            # (The first evaluation also pays one-off warm-up costs, so the reserve is capped.)
             reserve = 1.2 * (self._eval_cost + self._save_cost) if self.has_validation else 0.0
-            return self.elapsed + reserve >= cfg.time
+            return self.elapsed + min(reserve, 0.1 * cfg.time) >= cfg.time
         return self.iteration >= cfg.iters
 
     def _eval_due(self, it: int) -> bool:
@@ -263,8 +339,18 @@ class Trainer:
         return 0.0 if self.elapsed <= 0 else max(0.0, 1 - self.step_seconds / self.elapsed)
 
     def evaluate(self) -> EvalResult:
+        self._check_diverged()
         dtype = torch.bfloat16 if self.config.precision == "bf16" else None
-        return evaluate_ids(self.model, self.data.val, autocast_dtype=dtype)
+        if self.dist is None:
+            return evaluate_ids(self.model, self.data.val, autocast_dtype=dtype)
+        if self.dist.is_main:
+            self._command(distributed.EVAL)
+        # Each rank predicts its contiguous share of the held-out characters.
+        n, world, rank = len(self.data.val) - 1, self.dist.world_size, self.dist.rank
+        lo, hi = rank * n // world, (rank + 1) * n // world
+        part = evaluate_ids(self.model, self.data.val[lo : hi + 1], autocast_dtype=dtype)
+        total, chars = self.dist.sum([part.loss * part.chars if part.chars else 0.0, part.chars])
+        return EvalResult(total / chars, int(chars))
 
     def make_sample(self) -> str:
         cfg = self.config
@@ -300,6 +386,7 @@ class Trainer:
         )
 
     def _check_finite_weights(self) -> None:
+        self._check_diverged()
         for name, p in self.model.named_parameters():
             if not bool(torch.isfinite(p).all()):
                 raise CharloomError(
@@ -308,19 +395,38 @@ class Trainer:
                     "--grad-clip 1.0, or --precision fp32"
                 )
 
-    def save(self) -> Path:
-        """Write ``latest/``: weights and everything needed to resume exactly."""
-        self._check_finite_weights()
-        opt_meta, opt_tensors = ckpt.flatten_optimizer(self.optimizer.state_dict())
-        tensors = dict(opt_tensors)
-        tensors["rng.torch"] = torch.get_rng_state()
+    def _rank_state(self) -> dict[str, torch.Tensor]:
+        """What differs between ranks: random generators and the carried state (this rank's
+        streams), on the CPU."""
+        tensors = {"rng.torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        for i, t in enumerate(self.carry or ()):
+            tensors[f"carry.{i}"] = t.detach().cpu()
+        return tensors
+
+    def save(self) -> Path:
+        """Write ``latest/``: weights and everything needed to resume exactly. Under torchrun
+        every rank takes part (rank 0 gathers the others' states) and rank 0 writes; the
+        checkpoint holds the whole carried state, so it resumes with any number of processes."""
+        self._check_finite_weights()
+        if self.dist is None:
+            return self._write_latest([self._rank_state()])
+        if self.dist.is_main:
+            self._command(distributed.SAVE)
+        return self.dist.on_main(self._write_latest, self.dist.gather(self._rank_state()))
+
+    def _write_latest(self, ranks: list[dict[str, torch.Tensor]]) -> Path:
+        opt_meta, opt_tensors = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        tensors = dict(opt_tensors)
+        for rank, part in enumerate(ranks):
+            for key in ("rng.torch", "rng.cuda"):
+                if key in part:
+                    tensors[key + (f".rank{rank}" if rank else "")] = part[key]
+        for key in (k for k in ranks[0] if k.startswith("carry.")):
+            tensors[key] = torch.cat([part[key] for part in ranks], dim=1)  # (L, B, H)
         batch_state = self.batches.state_dict()
         tensors["rng.batches"] = batch_state.pop("rng")
-        if self.carry is not None:
-            for i, t in enumerate(self.carry):
-                tensors[f"carry.{i}"] = t
         state = {
             "config": self.config.to_dict(),
             "iteration": self.iteration,
@@ -334,6 +440,7 @@ class Trainer:
             "optimizer": opt_meta,
             "source": self.data.source.to_dict() if self.data.source else None,
             "data_sha256": self.data.sha256,
+            "processes": len(ranks),
         }
         path = ckpt.write_checkpoint(
             self.run_dir, ckpt.LATEST, self._config_json(), self.model.state_dict(), state, tensors
@@ -358,11 +465,17 @@ class Trainer:
         try:
             self.model.load_state_dict(checkpoint.weights)
             self.optimizer.load_state_dict(ckpt.unflatten_optimizer(st["optimizer"], tensors))
-            torch.set_rng_state(tensors["rng.torch"])
-            if self.device.type == "cuda" and "rng.cuda" in tensors:
-                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            rank = self.dist.rank if self.dist is not None else 0
+            suffix = f".rank{rank}" if rank else ""
+            # A rank the saved run did not have keeps the generator it was seeded with.
+            if not rank or "rng.torch" + suffix in tensors:
+                torch.set_rng_state(tensors["rng.torch" + suffix])
+            if self.device.type == "cuda" and "rng.cuda" + suffix in tensors:
+                torch.cuda.set_rng_state(tensors["rng.cuda" + suffix], self.device)
             self.batches.load_state_dict({**st["batches"], "rng": tensors["rng.batches"]})
             carry = [tensors[k] for k in sorted(t for t in tensors if t.startswith("carry."))]
+            if carry and self.dist is not None:  # this rank's streams of the whole state
+                carry = [t[:, self.dist.share(t.shape[1])] for t in carry]
             self.carry = tuple(t.to(self.device) for t in carry) if carry else None
             self.iteration = int(st["iteration"])
             self.elapsed = float(st["elapsed"])
@@ -379,30 +492,55 @@ class Trainer:
             ) from None
         self.resumed_from = checkpoint.path
         self.lr = learning_rate(self.config, self.iteration, self.progress)
-        _truncate_metrics(self.run_dir / METRICS_FILE, self.iteration)
-        _truncate_samples(self.run_dir / SAMPLES_FILE, self.iteration)
+        if self.is_main:
+            _truncate_metrics(self.run_dir / METRICS_FILE, self.iteration)
+            _truncate_samples(self.run_dir / SAMPLES_FILE, self.iteration)
 
     # the loop --------------------------------------------------------------------------
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float | torch.Tensor:
+        """One optimisation step on the global batch ``x, y (B, T)`` (under torchrun, on this
+        rank's rows). Returns the batch's mean loss: a float, or on GPUs a device scalar."""
         cfg = self.config
         model = self.model
         if self.batches.carries_state and self.batches.new_epoch:
             self.carry = None
         state = self.carry if self.batches.carries_state else None
-        x = x.to(self.device, non_blocking=True)
-        y = y.to(self.device, non_blocking=True)
-        self.lr = learning_rate(cfg, self.iteration, self.progress)
+        x, y = self._to_device(x), self._to_device(y)
+        if self.dist is None:
+            self.lr = learning_rate(cfg, self.iteration, self.progress)
+        elif self.dist.is_main:  # rank 0 owns the schedule (and the clock it may follow)
+            self.lr = learning_rate(cfg, self.iteration, self.progress)
+            self._command(distributed.STEP, self.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         with autocast(self.device, cfg.precision):
-            logits, new_state = model(x, state, path=cfg.path)
+            logits, new_state = self._train_module(x, state, path=cfg.path)
         # Mean over every character of the batch: the lecture's loss averaged over the portion.
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        value = float(loss.detach())
+        value = self._watch(loss.detach(), grad_norm)
+        self.optimizer.step()
+        if self.batches.carries_state:
+            self.carry = detach_state(new_state)
+        return value
+
+    def _watch(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> float | torch.Tensor:
+        """The step's loss as reported (under torchrun: the whole batch's, averaged over the
+        ranks). A non-finite loss or gradient stops training: on the CPU at once, before the
+        weights change; on GPUs, which must not wait for the device every step, it is noted
+        there and reported by :meth:`_check_diverged` before anything is logged or written."""
+        if self.dist is not None:
+            loss = self.dist.mean_(loss.clone())
+        if self.device.type == "cuda":
+            bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+            mark = torch.where(bad, self.iteration + 1, _NEVER)
+            first = self._nonfinite_at
+            self._nonfinite_at = mark if first is None else torch.minimum(first, mark)
+            return loss
+        value = float(loss)
         if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
             what = "loss" if not math.isfinite(value) else "gradient norm"
             raise CharloomError(
@@ -410,23 +548,66 @@ class Trainer:
                 f"{self.iteration + 1}; the last checkpoint is kept. Try a lower --lr, "
                 "--grad-clip 1.0, or --precision fp32"
             )
-        self.optimizer.step()
-        if self.batches.carries_state:
-            self.carry = detach_state(new_state)
         return value
 
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train until the budget is spent (or until iteration ``stop_at``, for tests and
         interrupted runs); write the final checkpoint and return a summary."""
-        self.model.train()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._train_module.train()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self._fire("start")
         previous_handlers = self._catch_signals()
         try:
-            return self._loop(stop_at)
+            if self.dist is None:
+                return self._loop(stop_at)
+            return self._lead(stop_at) if self.dist.is_main else self._follow()
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
+
+    def _lead(self, stop_at: int | None) -> TrainResult:
+        """Rank 0 of a distributed run: the loop, then tell the other ranks how it ended."""
+        end, value = distributed.ABORT, 0.0
+        try:
+            result = self._loop(stop_at)
+            end = distributed.STOP
+            return result
+        except TrainingInterrupted as exc:
+            end, value = distributed.STOP, float(exc.signum)
+            raise
+        finally:
+            # If another rank is gone, there is nobody to tell: the original error stands.
+            with contextlib.suppress(Exception):
+                self._command(end, value)
+
+    def _follow(self) -> TrainResult:
+        """A rank other than 0: do what rank 0 says - step, evaluate, checkpoint - until it
+        says stop. Rank 0 alone decides, so clocks, signals and time budgets cannot make the
+        ranks disagree about what comes next."""
+        cfg = self.config
+        while True:
+            cmd, value = self._command()
+            if cmd == distributed.STEP:
+                self.lr = value
+                x, y = self.batches.next()
+                self._step(x, y)
+                self.iteration += 1
+                self.chars_seen += cfg.batch_size * cfg.seq_len
+            elif cmd == distributed.EVAL:
+                self.last_val = self.evaluate()
+                self.model.train()
+            elif cmd == distributed.SAVE:
+                self.save()
+            elif cmd == distributed.STOP:
+                break
+            else:
+                raise CharloomError("rank 0 stopped with an error (see its message above)")
+        self._fire("end")
+        if value:
+            raise TrainingInterrupted(int(value), self.run_dir, self.iteration)
+        val = self.last_val.loss if self.last_val else None
+        return TrainResult(self.run_dir, self.iteration, float("nan"), val, None, self.elapsed)
 
     def _catch_signals(self) -> dict:
         """SIGINT/SIGTERM: finish the step, checkpoint, stop. A second one leaves at once -
@@ -438,12 +619,13 @@ class Trainer:
             if self.interrupted is not None:
                 os._exit(128 + signum)
             self.interrupted = signum
-            print(
-                "\ncharloom: stopping after this step and saving a checkpoint "
-                "(press Ctrl-C again to quit at once)",
-                file=sys.stderr,
-                flush=True,
-            )
+            if self.is_main:  # under torchrun: one message, not one per rank
+                print(
+                    "\ncharloom: stopping after this step and saving a checkpoint "
+                    "(press Ctrl-C again to quit at once)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -478,7 +660,7 @@ class Trainer:
             self.elapsed = base_elapsed + (now - loop_start)
             it = self.iteration
             if it % cfg.log_every == 0 or self.done():
-                self.window_loss = sum(window_losses) / len(window_losses)
+                self.window_loss = self._mean_loss(window_losses)
                 self.chars_per_s = window_iters * chars_per_step / max(window_time, 1e-9)
                 window_losses.clear()
                 window_time, window_iters = 0.0, 0
@@ -518,7 +700,7 @@ class Trainer:
                 self._save_cost = last_saved_at - t_save
             self.elapsed = self._elapsed_now(base_elapsed, loop_start)
         if window_losses:
-            self.window_loss = sum(window_losses) / len(window_losses)
+            self.window_loss = self._mean_loss(window_losses)
         if self.iteration != last_saved or not (self.run_dir / ckpt.LATEST).exists():
             self.save()
         self._fire("end")
@@ -585,29 +767,55 @@ def train(
     stop_at: int | None = None,
     console: bool = True,
     progress_bar: bool = True,
+    size_for_budget: bool = False,
 ) -> TrainResult:
     """Train a new model on ``text`` (a string), or on ``paths``/``corpus`` (read from disk).
 
     Everything is checked before the run directory is created, so a bad input writes nothing.
     ``console`` prints progress to stderr; metrics, samples and plots are written regardless.
+    ``size_for_budget``: under a ``time`` budget, pick the model size, batch and learning rate
+    for the budget and the text (``presets.budget_overrides``).
     """
     from .reporting import attach_reporting
 
     config = config or TrainConfig()
     config.validate()
-    if text is not None:
-        source = None
+    folder = prepared_folder(paths, corpus) if text is None else None
+    if folder is not None:  # ids written by `charloom prepare`: mapped, not read
+        config, data = load_prepared(config, folder)
+        source, n_chars = data.source, open_prepared(folder).length
     else:
-        text, source = read_text(paths, corpus, encoding=encoding, errors=errors)
-    data = prepare_data(config, text, source)
-    run_dir = new_run_dir(out, name or _default_name(source), overwrite)
+        if text is not None:
+            source = None
+        else:
+            text, source = read_text(paths, corpus, encoding=encoding, errors=errors)
+        n_chars = len(text)
+    sizing_note = None
+    if size_for_budget and config.time is not None:
+        from .presets import budget_overrides, machine_gflops
+
+        gflops = machine_gflops(resolve_device(config.device).type)
+        chosen = budget_overrides(config.time, int(n_chars * (1 - config.val_fraction)), gflops)
+        config = config.replace(**chosen)
+        sizing_note = (
+            f"sized for a {config.time:g} s budget on {n_chars:,} chars "
+            f"(machine {gflops:,.0f} GFLOP/s): {config.model.kind} {config.model.layers}x"
+            f"{config.model.hidden}, batch {config.batch_size}x{config.seq_len}, lr {config.lr:g}"
+        )
+    if folder is None:
+        data = prepare_data(config, text, source)
+    # Under torchrun, rank 0 picks (and later writes) the run directory; the others learn it.
+    group = distributed.join(resolve_device(config.device))
+    pick = (new_run_dir, out, name or _default_name(source), overwrite)
+    run_dir = group.on_main(*pick) if group else pick[0](*pick[1:])
     trainer = Trainer(config, data, run_dir)  # builds batches: checks the text is long enough
     if config.tensorboard:
         from .reporting import require_tensorboard
 
         require_tensorboard()
-    if run_dir.exists() and overwrite:
+    if run_dir.exists() and overwrite and trainer.is_main:
         _clear_run_dir(run_dir)
+    trainer.sizing_note = sizing_note
     attach_reporting(trainer, console=console, bar=progress_bar)
     for event, fns in (callbacks or {}).items():
         for fn in fns:
@@ -639,16 +847,17 @@ def load_trainer(
     if overrides:
         config = config.replace(**overrides)
         config.validate()
-    if text is None:
-        if not st.get("source"):
-            raise CharloomError(
-                f"{run_dir} was trained on a text given in Python; pass it again to resume"
-            )
-        source = TextSource.from_dict(st["source"])
-        text = source.read()
+    source = TextSource.from_dict(st["source"]) if st.get("source") else None
+    if text is None and source is not None and source.prepared:
+        config, data = load_prepared(config, source.paths[0], vocab=checkpoint.vocab)
     else:
-        source = TextSource.from_dict(st["source"]) if st.get("source") else None
-    data = prepare_data(config, text, source, vocab=checkpoint.vocab)
+        if text is None:
+            if source is None:
+                raise CharloomError(
+                    f"{run_dir} was trained on a text given in Python; pass it again to resume"
+                )
+            text = source.read()
+        data = prepare_data(config, text, source, vocab=checkpoint.vocab)
     trainer = Trainer(config, data, Path(run_dir))
     trainer.restore(checkpoint)
     trainer.resume_note = note
