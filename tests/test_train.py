@@ -181,9 +181,12 @@ def test_budget_sizing_grows_with_the_budget_and_the_machine():
         for s in (10, 90, 300, 3600, 36000)
     ]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
-    slow = budget_overrides(300, 1_000_000, gflops=REFERENCE_GFLOPS / 20)
-    fast = budget_overrides(300, 1_000_000, gflops=REFERENCE_GFLOPS * 20)
+    slow = budget_overrides(300, 1_000_000, {"fp32": 10.0, "bf16": 5.0})
+    fast = budget_overrides(300, 1_000_000, {"fp32": 1e4, "bf16": REFERENCE_GFLOPS * 200})
     assert slow["hidden"] * slow["layers"] < fast["hidden"] * fast["layers"]
+    assert (slow["precision"], fast["precision"]) == ("fp32", "bf16")
+    # Long budgets on a small text: dropout against overfitting.
+    assert budget_overrides(3600, 50_000)["dropout"] > 0
 
 
 def test_time_without_size_flags_sizes_the_model(tmp_path, small_text, capsys):

@@ -76,59 +76,71 @@ def preset_config(name: str | None = None, **overrides) -> TrainConfig:
 
 
 # --- sizing for a time budget ------------------------------------------------------------------
-#: The fp32 matrix-multiply rate (GFLOP/s) of the machine the ladder below was measured on (2
-#: cores of an AMD EPYC, torch 2.13 CPU). Other machines scale their budget by their own rate.
-REFERENCE_GFLOPS = 140.0
+#: The matrix-multiply rate (GFLOP/s, bf16, the ``machine_rate`` probe) of the machine the ladder
+#: below was measured on: 2 cores of an AMD EPYC with AVX-512 bf16, torch 2.13 CPU. Another
+#: machine scales its budget by its own rate in the precision it will train in.
+REFERENCE_GFLOPS = 840.0
 
-#: Models for a --time budget with no size flags: (smallest budget in reference-machine seconds,
-#: settings). Measured with bench/budget_sweep.py on tiny shakespeare; see bench/RESULTS.md.
-BUDGET_LADDER: list[tuple[float, dict]] = [
-    (0, dict(layers=1, hidden=256, embed=64, batch_size=32, seq_len=100, lr=3e-3)),
-    (60, dict(layers=1, hidden=512, embed=64, batch_size=32, seq_len=100, lr=3e-3)),
-    (240, dict(layers=2, hidden=512, embed=64, batch_size=32, seq_len=100, lr=2e-3)),
-    (1800, dict(layers=2, hidden=768, embed=128, batch_size=64, seq_len=128, lr=1.5e-3)),
-    (7200, dict(layers=3, hidden=1024, embed=256, batch_size=64, seq_len=128, lr=1e-3)),
+#: Models for a --time budget with no size flags, smallest first: (the budget, in seconds of the
+#: reference machine, from which the entry is chosen; its settings; the characters per second it
+#: trained at there). Measured with bench/budget_sweep.py on tiny shakespeare: see
+#: bench/RESULTS.md, "Training for a budget".
+BUDGET_LADDER: list[tuple[float, dict, float]] = [
+    (0, dict(layers=1, hidden=256, embed=64, batch_size=32, seq_len=64, lr=4e-3), 180_000),
+    (30, dict(layers=1, hidden=512, embed=64, batch_size=32, seq_len=64, lr=3e-3), 51_000),
+    (180, dict(layers=2, hidden=512, embed=64, batch_size=32, seq_len=64, lr=3e-3), 20_000),
+    (1800, dict(layers=2, hidden=768, embed=128, batch_size=64, seq_len=100, lr=2e-3), 9_000),
+    (7200, dict(layers=3, hidden=1024, embed=128, batch_size=64, seq_len=128, lr=1e-3), 2_500),
 ]
-#: Characters a model should see per parameter before it starts to overfit one pass of a corpus:
-#: below this, dropout is switched on (long budgets on small texts).
-_PASSES_BEFORE_DROPOUT = 3
 
 
-def machine_gflops(device: str = "cpu", seconds: float = 0.2) -> float:
-    """This machine's fp32 matrix-multiply rate, measured in about ``seconds``."""
+def machine_rate(device: str = "cpu", seconds: float = 0.15) -> dict[str, float]:
+    """This machine's matrix-multiply rate (GFLOP/s) in fp32 and bf16, measured in about
+    ``2 * seconds``."""
     import time
 
     import torch
 
     n = 512 if device == "cpu" else 4096
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
         a @ b
-        reps += 1
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ b
+            reps += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rates[name] = 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+    return rates
 
 
-def budget_overrides(seconds: float, train_chars: int, gflops: float = REFERENCE_GFLOPS) -> dict:
-    """Model size, batch and learning rate for a ``seconds`` budget on ``train_chars`` of text.
+def budget_overrides(
+    seconds: float, train_chars: int, rates: dict[str, float] | None = None
+) -> dict:
+    """Model size, batch, learning rate and precision for a ``seconds`` budget on
+    ``train_chars`` characters of training text.
 
-    The budget is first converted to reference-machine seconds (``gflops`` /
-    ``REFERENCE_GFLOPS``); the largest ladder entry it reaches is taken; on a small corpus
-    (fewer characters than ~``_PASSES_BEFORE_DROPOUT`` passes of what the model can see) the
-    model gets dropout; the schedule is the default: warm-up, then cosine to the deadline.
+    1. Precision: bf16 where the machine multiplies bf16 matrices at least 1.3x faster than
+       fp32 (CPUs with AVX-512 bf16 or AMX, recent GPUs), else fp32.
+    2. The budget in reference-machine seconds: ``seconds * rate / REFERENCE_GFLOPS``, with the
+       machine's rate in that precision; the largest ladder entry it reaches is taken.
+    3. Passes over the text the run will make (``BUDGET_LADDER``'s measured speed): a model of
+       two layers or more that would read the text more than 4 times gets dropout 0.1, more
+       than 10 times 0.2, against overfitting.
+    The schedule is the default: 100 warm-up iterations, then cosine to the deadline.
     """
-    effective = seconds * gflops / REFERENCE_GFLOPS
-    chosen = BUDGET_LADDER[0][1]
-    for threshold, settings in BUDGET_LADDER:
+    rates = rates or {"fp32": REFERENCE_GFLOPS / 4, "bf16": REFERENCE_GFLOPS}
+    precision = "bf16" if rates["bf16"] >= 1.3 * rates["fp32"] else "fp32"
+    effective = seconds * rates[precision] / REFERENCE_GFLOPS
+    chosen, speed = BUDGET_LADDER[0][1], BUDGET_LADDER[0][2]
+    for threshold, settings, chars_per_s in BUDGET_LADDER:
         if effective >= threshold:
-            chosen = settings
-    chosen = dict(chosen, dropout=0.0, warmup=50)
-    # A budget that reads a small corpus many times over: regularise.
-    passes = effective * 10_000 / max(1, train_chars)  # ~10k chars/s at these sizes
-    if passes > _PASSES_BEFORE_DROPOUT and chosen["layers"] > 1:
-        chosen["dropout"] = 0.2
+            chosen, speed = settings, chars_per_s
+    chosen = dict(chosen, precision=precision, dropout=0.0)
+    passes = effective * speed / max(1, train_chars)
+    if chosen["layers"] > 1 and passes > 4:
+        chosen["dropout"] = 0.2 if passes > 10 else 0.1
     return chosen

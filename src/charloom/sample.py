@@ -162,7 +162,7 @@ def generate_ids(
                     logits,
                     uniforms.take(block),
                     settings.temperature,
-                    settings.top_k or 0,
+                    min(settings.top_k or 0, logits.shape[-1]),  # k >= V keeps everything
                     1.0 if settings.top_p is None else settings.top_p,
                     settings.greedy,
                 )
@@ -209,6 +209,10 @@ def stream_samples(
     check_length(length)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise CharloomError(f"num-samples must be an integer >= 1, not {num_samples!r}")
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
+    ):
+        raise CharloomError(f"seed must be an integer in 0..2^63-1, not {seed!r}")
     prime_ids = prepare_prime(vocab, prime)
     if length == 0:
         return

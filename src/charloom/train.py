@@ -792,15 +792,17 @@ def train(
         n_chars = len(text)
     sizing_note = None
     if size_for_budget and config.time is not None:
-        from .presets import budget_overrides, machine_gflops
+        from .presets import budget_overrides, machine_rate
 
-        gflops = machine_gflops(resolve_device(config.device).type)
-        chosen = budget_overrides(config.time, int(n_chars * (1 - config.val_fraction)), gflops)
+        rates = machine_rate(resolve_device(config.device).type)
+        chosen = budget_overrides(config.time, int(n_chars * (1 - config.val_fraction)), rates)
         config = config.replace(**chosen)
         sizing_note = (
             f"sized for a {config.time:g} s budget on {n_chars:,} chars "
-            f"(machine {gflops:,.0f} GFLOP/s): {config.model.kind} {config.model.layers}x"
-            f"{config.model.hidden}, batch {config.batch_size}x{config.seq_len}, lr {config.lr:g}"
+            f"(matmul {rates['fp32']:,.0f} GFLOP/s fp32, {rates['bf16']:,.0f} bf16): "
+            f"{config.model.kind} {config.model.layers}x{config.model.hidden}, "
+            f"{config.precision}, dropout {config.model.dropout:g}, "
+            f"batch {config.batch_size}x{config.seq_len}, lr {config.lr:g}"
         )
     if folder is None:
         data = prepare_data(config, text, source)
