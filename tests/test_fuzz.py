@@ -53,8 +53,10 @@ def test_corpus_vocab_round_trips_or_refuses_cleanly(train, other):
 
 
 @pytest.fixture(scope="module")
-def valid_config(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("fuzz") / "run"
+def fuzz_run(tmp_path_factory) -> Path:
+    """A tiny trained run and its text file."""
+    d = tmp_path_factory.mktemp("fuzzrun")
+    (d / "text.txt").write_text(make_text(60), encoding="utf-8")
     cfg = charloom.preset_config(
         "tiny",
         iters=2,
@@ -66,8 +68,13 @@ def valid_config(tmp_path_factory) -> dict:
         log_every=1,
         sample_every=100,
     )
-    charloom.train(cfg, text=make_text(50), out=out, console=False)
-    return json.loads((out / "latest" / "config.json").read_text())
+    charloom.train(cfg, paths=[str(d / "text.txt")], out=d / "run", console=False)
+    return d
+
+
+@pytest.fixture(scope="module")
+def valid_config(fuzz_run) -> dict:
+    return json.loads((fuzz_run / "run" / "latest" / "config.json").read_text())
 
 
 def _set_path(d, path, value):
@@ -211,25 +218,6 @@ def _check(rc: int, err: str) -> None:
     if rc == 2:
         lines = err.strip("\n").split("\n")
         assert lines[-1].startswith("charloom: error: ")
-
-
-@pytest.fixture(scope="module")
-def fuzz_run(tmp_path_factory, valid_config) -> Path:
-    d = tmp_path_factory.mktemp("fuzzrun")
-    (d / "text.txt").write_text(make_text(60), encoding="utf-8")
-    cfg = charloom.preset_config(
-        "tiny",
-        iters=2,
-        hidden=16,
-        embed=8,
-        seq_len=8,
-        batch_size=2,
-        eval_every=1,
-        log_every=1,
-        sample_every=100,
-    )
-    charloom.train(cfg, paths=[str(d / "text.txt")], out=d / "run", console=False)
-    return d
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
