@@ -218,6 +218,7 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
         for key, budget in runs:
             log(f"quality: charloom train --time {budget}, then charloom eval ...")
             q = _quality_run(corpus, budget, workdir)
+            q["budget"] = budget  # --quick shortens the 90 s run
             results[f"quality_{key}"] = q
             results[f"val_loss_{key}"] = q["val_loss"]
         q = results["quality_90s"]
@@ -265,7 +266,7 @@ def table(results: dict) -> str:
             m = q["model"]
             rows.append(
                 (
-                    f"val loss after --time {key} (nats/char)",
+                    f"val loss after --time {q.get('budget', key)} (nats/char)",
                     f"{r[f'val_loss_{key}']:.4f} ({m['kind']} {m['layers']}x{m['hidden']}, "
                     f"{q['iterations']} its)",
                 )
