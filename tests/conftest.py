@@ -41,6 +41,21 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+#: Command-line flags for a model small and quick enough for CLI tests.
+TINY_FLAGS = [
+    "--preset",
+    "tiny",
+    "--hidden",
+    "32",
+    "--embed",
+    "16",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "4",
+]
+
+
 def tiny_overrides(**kw) -> dict:
     """Settings for a model small and quick enough for unit tests."""
     base = dict(

@@ -5,20 +5,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_FLAGS
 
 from charloom.cli import main
 
 TINY = [
-    "--preset",
-    "tiny",
-    "--hidden",
-    "32",
-    "--embed",
-    "16",
-    "--seq-len",
-    "16",
-    "--batch-size",
-    "4",
+    *TINY_FLAGS,
     "--log-every",
     "2",
     "--sample-every",

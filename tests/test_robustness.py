@@ -16,23 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_text, tiny_overrides
+from conftest import TINY_FLAGS, make_text, tiny_overrides
 
 import charloom
 from charloom import checkpoint as ckpt
 from charloom.cli import main
 
 TINY = [
-    "--preset",
-    "tiny",
-    "--hidden",
-    "32",
-    "--embed",
-    "16",
-    "--seq-len",
-    "16",
-    "--batch-size",
-    "4",
+    *TINY_FLAGS,
     "--sample-every",
     "100000",
     "--no-bar",
