@@ -1,12 +1,13 @@
 """The compiled generation loop against the reference sampler: same seed, same text."""
 
+import numpy as np
 import pytest
 import torch
 
 from charloom import fastgen
 from charloom.errors import CharloomError
 from charloom.model import CharRNN, ModelConfig
-from charloom.sample import SampleSettings, sample
+from charloom.sample import SampleSettings, generate_blocks, generate_ids, sample
 from charloom.vocab import Vocab
 
 pytestmark = pytest.mark.skipif(not fastgen.available(), reason="numba is not installed")
@@ -55,3 +56,68 @@ def test_unknown_engine_is_refused():
     model = CharRNN(ModelConfig(vocab_size=4, embed=4, hidden=4, layers=1))
     with pytest.raises(CharloomError, match="engine"):
         sample(model, Vocab("corpus", tuple("abcT")), "T", 3, engine="warp")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_numba_engine_odd_sizes_and_many_streams(kind):
+    # Sizes that are not multiples of the vector width or of the 4-row/4-stream blocking, and
+    # enough streams for the threaded path (a block of streams per thread).
+    torch.manual_seed(3)
+    vocab = Vocab.build("printable")
+    model = CharRNN(ModelConfig(kind=kind, vocab_size=100, embed=7, hidden=37, layers=2))
+    for streams in (1, 7, 13):
+        ref = sample(model, vocab, "Th", 90, SampleSettings(), streams, seed=5, engine="torch")
+        fast = sample(model, vocab, "Th", 90, SampleSettings(), streams, seed=5, engine="numba")
+        assert fast == ref, streams
+
+
+def test_run_in_pieces_equals_one_run():
+    # Block boundaries carry state and logits exactly: 3 + 61 steps == 64 steps.
+    torch.manual_seed(4)
+    model = CharRNN(ModelConfig(vocab_size=30, embed=8, hidden=20, layers=2))
+    gen = fastgen.FastGenerator(model)
+    u = torch.rand(64, 6, generator=torch.Generator().manual_seed(0))
+    start = (model.zero_state(6), torch.randn(6, 30))
+    whole, state_w, logits_w = gen.run(*start, u, 0.9, 0, 1.0, False)
+    a, state, logits = gen.run(*start, u[:3], 0.9, 0, 1.0, False)
+    b, state, logits = gen.run(state, logits, u[3:], 0.9, 0, 1.0, False)
+    assert torch.equal(torch.cat([a, b]), whole)
+    assert all(torch.equal(x, y) for x, y in zip(state, state_w))
+    assert torch.equal(logits, logits_w)
+
+
+def test_exp_polynomial_is_accurate():
+    x = np.concatenate([np.linspace(-90, 0, 5001), np.linspace(0, 88, 5001), [-np.inf]])
+    x = x.astype(np.float32)
+    out = np.empty_like(x)
+    fastgen._exp_into(x, out, np.empty(len(x), np.int32), len(x))
+    want = np.exp(x.astype(np.float64))
+    normal = x >= -87
+    rel = np.abs(out[normal] / want[normal] - 1)
+    assert rel.max() < 4e-7  # within a few float32 ulp
+    assert np.all(out[~normal] == 0)  # -inf (masked by top-k) and below -87: exactly 0
+
+
+def test_tanh_and_sigmoid_are_accurate():
+    x = np.linspace(-12, 12, 4001).astype(np.float32)
+    e = np.empty_like(x)
+    bits = np.empty(len(x), np.int32)
+    fastgen._exp_into((2 * np.abs(x)).astype(np.float32), e, bits, len(x))
+    got = np.array([fastgen._tanh_from(ei, xi) for ei, xi in zip(e, x)])
+    np.testing.assert_allclose(got, np.tanh(x.astype(np.float64)), rtol=0, atol=3e-7)
+    fastgen._exp_into(-x, e, bits, len(x))
+    np.testing.assert_allclose(1 / (1 + e), 1 / (1 + np.exp(-x.astype(np.float64))), atol=2e-7)
+
+
+def test_blocks_stop_at_the_expected_length_then_go_on():
+    torch.manual_seed(5)
+    model = CharRNN(ModelConfig(vocab_size=12, embed=4, hidden=8, layers=1))
+    blocks = generate_blocks(
+        model, [1], SampleSettings(), 2, torch.Generator().manual_seed(9), "numba", steps=30
+    )
+    sizes = [len(next(blocks)) for _ in range(6)]
+    assert sizes[:4] == [1, 4, 16, 9] and sum(sizes[:4]) == 30 and sizes[4] > 0
+    ref = generate_ids(model, [1], SampleSettings(), 2, torch.Generator().manual_seed(9), "torch")
+    fast = generate_ids(model, [1], SampleSettings(), 2, torch.Generator().manual_seed(9), "numba")
+    for _ in range(100):
+        assert torch.equal(next(ref), next(fast))

@@ -60,3 +60,16 @@ def test_saved_vocab_with_duplicates_or_wrong_size_is_refused():
         Vocab.from_dict({"kind": "corpus", "chars": "abc", "size": 4})
     with pytest.raises(CharloomError):
         Vocab.from_dict({"kind": "klingon"})
+
+
+@pytest.mark.parametrize("kind", ["bytes", "corpus"])
+def test_decoding_blocks_equals_decoding_one_by_one(kind):
+    text = "naïve 日本 ok"
+    v = Vocab.build(kind, text)
+    ids = [int(i) for i in v.encode(text)]
+    one = v.decoder()
+    expected = [one.feed(t) for t in ids]
+    many = v.decoder()
+    # blocks that cut multi-byte characters in the middle
+    pieces = [many.feed_many(ids[i : i + 3]) for i in range(0, len(ids), 3)]
+    assert "".join(pieces) == "".join(expected) == text

@@ -128,18 +128,22 @@ def _use_numba(model: CharRNN, engine: str) -> bool:
 
 
 @torch.no_grad()
-def generate_ids(
+def generate_blocks(
     model: CharRNN,
     prime_ids: list[int],
     settings: SampleSettings,
     num_samples: int = 1,
     generator: torch.Generator | None = None,
     engine: str = "auto",
+    steps: int | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Endless stream of next ids, ``(num_samples,)`` per step, after ``prime_ids``.
+    """Endless stream of next ids after ``prime_ids``, in blocks ``(n, num_samples)``.
 
-    ``engine``: ``torch`` (the reference: one model call per character), ``numba`` (the
-    compiled loop of ``fastgen.py``, CPU only) or ``auto`` (numba where it can run)."""
+    ``engine``: ``torch`` (the reference: one model call per character, blocks of one step),
+    ``numba`` (the compiled loop of ``fastgen.py``, CPU only; blocks of 1, 4, 16, then 64 steps,
+    so the first characters show at once) or ``auto`` (numba where it can run). ``steps``, when
+    given, is how many steps the caller expects to need: blocks stop there exactly (and go on
+    past it if asked). The same seed gives the same ids whatever the engine and block sizes."""
     if not prime_ids:
         raise CharloomError("the prime must hold at least one character")
     fast = _use_numba(model, engine)
@@ -155,26 +159,42 @@ def generate_ids(
             from .fastgen import FastGenerator
 
             gen = FastGenerator(model)
-            block = 1  # the first block small, so the first characters show at once
+            block, left = 1, steps
             while True:
+                n = min(block, left) if left else block
                 ids, state, logits = gen.run(
                     state,
                     logits,
-                    uniforms.take(block),
+                    uniforms.take(n),
                     settings.temperature,
                     min(settings.top_k or 0, logits.shape[-1]),  # k >= V keeps everything
                     1.0 if settings.top_p is None else settings.top_p,
                     settings.greedy,
                 )
-                yield from ids
+                yield ids
+                left = left - n if left else None
                 block = min(block * 4, Uniforms.BLOCK)
         while True:
             nxt = pick(logits, settings, uniforms.take(1)[0])
-            yield nxt
+            yield nxt.unsqueeze(0)
             step_logits, state = model(nxt.unsqueeze(1), state)
             logits = step_logits[:, -1].float()
     finally:
         model.train(was_training)
+
+
+def generate_ids(
+    model: CharRNN,
+    prime_ids: list[int],
+    settings: SampleSettings,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+    engine: str = "auto",
+) -> Iterator[torch.Tensor]:
+    """Endless stream of next ids, ``(num_samples,)`` per step, after ``prime_ids`` (see
+    ``generate_blocks``)."""
+    for block in generate_blocks(model, prime_ids, settings, num_samples, generator, engine):
+        yield from block.unbind(0)
 
 
 def _generator(seed: int | None) -> torch.Generator:
@@ -201,9 +221,10 @@ def stream_samples(
     seed: int | None = None,
     engine: str = "auto",
 ) -> Iterator[list[str]]:
-    """Generate ``num_samples`` texts after ``prime``; each step yields one string per sample
-    (possibly empty while a multi-byte character completes in bytes mode). Every sample ends
-    after exactly ``length`` new characters."""
+    """Generate ``num_samples`` texts after ``prime``; yields one string per sample for each
+    block of steps (one character per step with the torch engine, up to 64 with numba; possibly
+    empty while a multi-byte character completes in bytes mode). Every sample ends after exactly
+    ``length`` new characters."""
     settings = settings or SampleSettings()
     settings.validate()
     check_length(length)
@@ -219,10 +240,13 @@ def stream_samples(
     decoders = [vocab.decoder() for _ in range(num_samples)]
     counts = [0] * num_samples
     generator = _generator(seed)
-    for ids in generate_ids(model, prime_ids, settings, num_samples, generator, engine):
+    blocks = generate_blocks(
+        model, prime_ids, settings, num_samples, generator, engine, steps=length
+    )
+    for block in blocks:
         out = []
-        for i, token in enumerate(ids.tolist()):
-            piece = decoders[i].feed(token) if counts[i] < length else ""
+        for i, tokens in enumerate(block.T.tolist()):
+            piece = decoders[i].feed_many(tokens) if counts[i] < length else ""
             piece = piece[: length - counts[i]]
             counts[i] += len(piece)
             out.append(piece)

@@ -162,5 +162,12 @@ class StreamDecoder:
             return self.vocab.chars[token]
         return self._utf8.decode(bytes([token]))
 
+    def feed_many(self, tokens: list[int]) -> str:
+        """The text of several ids at once (the same as feeding them one by one)."""
+        if self._utf8 is None:
+            chars = self.vocab.chars
+            return "".join([chars[t] for t in tokens])
+        return self._utf8.decode(bytes(tokens))
+
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True) if self._utf8 is not None else ""
