@@ -40,6 +40,7 @@ def measure(name: str, text: str, steps: int) -> dict:
         "parameters": trainer.model.num_parameters(),
         "batch": f"{cfg.batch_size}x{cfg.seq_len}",
         "path": cfg.path,
+        "precision": trainer.config.precision,  # what `auto` became on this machine
         "chars_per_s": cfg.batch_size * cfg.seq_len * steps / dt,
     }
 
@@ -66,12 +67,12 @@ def main() -> None:
         print(json.dumps({"machine": machine, "presets": rows}, indent=2))
         return
     print(f"machine: {machine}")
-    print("| preset | model | parameters | batch | path | chars/s |")
-    print("|---|---|---:|---|---|---:|")
+    print("| preset | model | parameters | batch | path | precision | chars/s |")
+    print("|---|---|---:|---|---|---|---:|")
     for r in rows:
         print(
             f"| `{r['preset']}` | {r['model']} | {r['parameters']:,} | {r['batch']} | "
-            f"{r['path']} | {r['chars_per_s']:,.0f} |"
+            f"{r['path']} | {r['precision']} | {r['chars_per_s']:,.0f} |"
         )
 
 

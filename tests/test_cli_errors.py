@@ -817,3 +817,10 @@ def test_version_in_process(capsys):
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == f"charloom {__version__}"
+
+
+def test_an_argument_with_a_line_break_still_gives_one_error_line(capsys):
+    assert main(["sample", "no\nsuch\rrun"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("charloom: error: ")
+    assert "no\\nsuch\\rrun" in err

@@ -131,6 +131,23 @@ def test_bf16_precision_trains(tmp_path, small_text):
     assert math.isfinite(r.train_loss) and math.isfinite(r.best_val_loss)
 
 
+def test_auto_precision_is_resolved_and_recorded(tmp_path, small_text, monkeypatch):
+    from charloom import runtime
+
+    cpu = torch.device("cpu")
+    assert charloom.preset_config("tiny").precision == "auto"
+    assert charloom.preset_config("seed").precision == "fp32"  # the lecture's arithmetic
+    assert runtime.resolve_precision("fp32", cpu) == "fp32"
+    for fast, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(runtime, "fast_bf16", lambda device, fast=fast: fast)
+        assert runtime.resolve_precision("auto", cpu) == want
+        cfg = charloom.preset_config("tiny", **tiny_overrides(iters=2))
+        out = tmp_path / want
+        charloom.train(cfg, text=small_text, out=out, console=False)
+        saved = json.loads((out / "latest" / "state.json").read_text())
+        assert saved["config"]["precision"] == want
+
+
 def test_bytes_vocab_trains_on_any_script(tmp_path):
     text = "Grüße aus Köln! 東京は晴れ。 Привет, мир 🙂\n" * 60
     cfg = charloom.preset_config("tiny", **tiny_overrides(vocab="bytes"))

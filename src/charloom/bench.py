@@ -185,12 +185,18 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     log("training speed: the seed loop against the fast path at the same size ...")
     seed_cfg = preset_config("seed")
     seed_cps = train_chars_per_s(seed_cfg, text, min_time)
+    # The fast path as charloom runs it by default (precision `auto`), and in fp32 for scale.
     fast_cfg = preset_config("tiny", **SEED_SIZE, vocab="printable", ascii=True)
-    fast_cps = train_chars_per_s(fast_cfg, text, min_time)
+    fast_cps = train_chars_per_s(fast_cfg, text, min_time)  # resolves fast_cfg.precision
+    fp32_cfg = preset_config("tiny", **SEED_SIZE, vocab="printable", ascii=True, precision="fp32")
+    fp32_cps = train_chars_per_s(fp32_cfg, text, min_time)
     results["train_seed_chars_per_s"] = seed_cps
     results["train_fast_chars_per_s"] = fast_cps
     results["train_fast_batch"] = f"{fast_cfg.batch_size}x{fast_cfg.seq_len}"
+    results["train_fast_precision"] = fast_cfg.precision
     results["train_speedup_vs_seed"] = fast_cps / seed_cps
+    results["train_fast_fp32_chars_per_s"] = fp32_cps
+    results["train_speedup_vs_seed_fp32"] = fp32_cps / seed_cps
 
     log("hardware efficiency at 2x512 ...")
     eff = {}
@@ -246,10 +252,15 @@ def table(results: dict) -> str:
     rows = [
         ("training, seed loop (chars/s)", f"{r['train_seed_chars_per_s']:,.0f}"),
         (
-            f"training, fast path {r['train_fast_batch']} (chars/s)",
+            f"training, fast path {r['train_fast_batch']} {r['train_fast_precision']} (chars/s)",
             f"{r['train_fast_chars_per_s']:,.0f}",
         ),
         ("training speed-up vs seed", f"{r['train_speedup_vs_seed']:.1f}x"),
+        (
+            f"training, fast path {r['train_fast_batch']} fp32 (chars/s)",
+            f"{r['train_fast_fp32_chars_per_s']:,.0f} "
+            f"({r['train_speedup_vs_seed_fp32']:.1f}x)",
+        ),
         ("fp32 matmul peak (GFLOP/s)", f"{r['matmul_peak_gflops']['fp32']:,.0f}"),
         ("bf16 matmul peak (GFLOP/s)", f"{r['matmul_peak_gflops']['bf16']:,.0f}"),
         (

@@ -651,6 +651,11 @@ _COMMANDS = {
 }
 
 
+def _one_line(message: str) -> str:
+    """An error message as one line: line breaks (from a file name or an argument) escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     try:
@@ -661,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _COMMANDS[args.command](args)
     except CharloomError as exc:
-        print(f"charloom: error: {exc}", file=sys.stderr)
+        print(f"charloom: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
         print(f"charloom: {exc}", file=sys.stderr)
@@ -678,6 +683,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         # A disk that filled up, a folder that became unwritable: say which file, no traceback.
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"charloom: error: cannot write or read{where}: {exc.strerror or exc}",
-              file=sys.stderr)
+        message = _one_line(f"cannot write or read{where}: {exc.strerror or exc}")
+        print(f"charloom: error: {message}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from .vocab import VOCAB_KINDS
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "constant")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOG_STYLES = ("bar", "lecture")
 
@@ -49,7 +49,9 @@ class TrainConfig:
     iters: int = 2000
     time: float | None = None
     # runtime
-    precision: str = "fp32"
+    # auto: bf16 autocast where the hardware multiplies bf16 fast (a CPU with AVX-512 bf16 or
+    # AMX, a CUDA device with bf16), else fp32; a run records the precision it used.
+    precision: str = "auto"
     device: str = "auto"
     seed: int = 1337
     threads: int | None = None

@@ -44,6 +44,7 @@ PRESETS: dict[str, dict] = {
         sample_length=200,
         sample_temperature=0.8,
         log_style="lecture",
+        precision="fp32",
     ),
     "tiny": dict(layers=1, hidden=128, embed=64, dropout=0.0, batch_size=32, seq_len=64, lr=3e-3),
     "small": dict(layers=2, hidden=256, embed=64, dropout=0.1, batch_size=32, seq_len=100, lr=3e-3),

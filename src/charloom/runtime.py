@@ -29,6 +29,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices natively (so bf16 autocast pays off): a CPU
+    with AVX-512 bf16 or AMX tiles, a CUDA device with bf16 support."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(cpu, name, lambda: False)() for name in checks)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` where :func:`fast_bf16`, else ``fp32``; others unchanged."""
+    if precision != "auto":
+        return precision
+    return "bf16" if fast_bf16(device) else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context for ``precision`` (``fp32``: none, ``bf16``: bfloat16 autocast)."""
     if precision == "fp32":

@@ -35,7 +35,7 @@ from .errors import CharloomError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN, detach_state
 from .prepared import load_prepared, open_prepared, prepared_folder
-from .runtime import autocast, resolve_device
+from .runtime import autocast, resolve_device, resolve_precision
 from .sample import SampleSettings, sample
 from .vocab import Vocab
 
@@ -187,6 +187,7 @@ class Trainer:
         self.dist = distributed.join(self.device)  # None unless started by torchrun
         if self.dist is not None:
             self.device = self.dist.device
+        cfg.precision = resolve_precision(cfg.precision, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
