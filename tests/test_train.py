@@ -206,6 +206,22 @@ def test_budget_sizing_grows_with_the_budget_and_the_machine():
     assert budget_overrides(3600, 50_000)["dropout"] > 0
 
 
+def test_budget_rule_on_small_texts():
+    from charloom.presets import REFERENCE_GFLOPS, SMALL_TEXT_MODEL, budget_overrides
+
+    rates = {"fp32": REFERENCE_GFLOPS / 4, "bf16": REFERENCE_GFLOPS}
+    # tiny shakespeare (1 MB): one layer for 90 s, two with light dropout for 5 minutes
+    big90, big5m = budget_overrides(90, 1_000_000, rates), budget_overrides(300, 1_000_000, rates)
+    assert (big90["layers"], big90["hidden"], big90["dropout"]) == (1, 512, 0.0)
+    assert (big5m["layers"], big5m["hidden"], big5m["dropout"]) == (2, 512, 0.1)
+    # a 77 KB text for 90 s: the one-layer entry would read it ~60 times -> the small-text model
+    small90 = budget_overrides(90, 77_000, rates)
+    assert small90["layers"] == SMALL_TEXT_MODEL[0]["layers"] == 2 and small90["dropout"] == 0.5
+    assert budget_overrides(300, 77_000, rates)["dropout"] == 0.5
+    # too short a budget for a two-layer model to get enough steps: stays small, no dropout
+    assert budget_overrides(10, 77_000, rates)["layers"] == 1
+
+
 def test_time_without_size_flags_sizes_the_model(tmp_path, small_text, capsys):
     from charloom.cli import main
 

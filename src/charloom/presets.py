@@ -118,6 +118,21 @@ def machine_rate(device: str = "cpu", seconds: float = 0.15) -> dict[str, float]
     return rates
 
 
+#: For a text the budget would read many times: a two-layer model that dropout can regularise
+#: (a one-layer model has nowhere to put it), with its reference speed in chars/s. Measured on
+#: the 77 KB COVID-19 FAQ: see bench/RESULTS.md, "Small texts".
+SMALL_TEXT_MODEL: tuple[dict, float] = (
+    dict(layers=2, hidden=384, embed=64, batch_size=32, seq_len=64, lr=3e-3),
+    28_000,
+)
+#: A one-layer ladder entry that would read the text more than this many times is replaced by
+#: SMALL_TEXT_MODEL (budgets of 30 reference seconds and more: below, too few steps).
+SMALL_TEXT_PASSES = 10
+#: Dropout of a model of two layers or more by the passes over the text it will make: the
+#: largest value whose threshold the passes exceed.
+DROPOUT_BY_PASSES: list[tuple[float, float]] = [(4, 0.1), (10, 0.2), (20, 0.3), (30, 0.5)]
+
+
 def budget_overrides(
     seconds: float, train_chars: int, rates: dict[str, float] | None = None
 ) -> dict:
@@ -128,9 +143,11 @@ def budget_overrides(
        fp32 (CPUs with AVX-512 bf16 or AMX, recent GPUs), else fp32.
     2. The budget in reference-machine seconds: ``seconds * rate / REFERENCE_GFLOPS``, with the
        machine's rate in that precision; the largest ladder entry it reaches is taken.
-    3. Passes over the text the run will make (``BUDGET_LADDER``'s measured speed): a model of
-       two layers or more that would read the text more than 4 times gets dropout 0.1, more
-       than 10 times 0.2, against overfitting.
+    3. Passes over the text the run will make (the entry's measured speed times the budget,
+       over the text's length). A one-layer entry that would read the text more than
+       ``SMALL_TEXT_PASSES`` times (from 30 reference seconds) gives way to
+       ``SMALL_TEXT_MODEL``; a model of two layers or more gets dropout by its passes
+       (``DROPOUT_BY_PASSES``: 0.1 past 4 passes up to 0.5 past 30), against overfitting.
     The schedule is the default: 100 warm-up iterations, then cosine to the deadline.
     """
     rates = rates or {"fp32": REFERENCE_GFLOPS / 4, "bf16": REFERENCE_GFLOPS}
@@ -140,8 +157,13 @@ def budget_overrides(
     for threshold, settings, chars_per_s in BUDGET_LADDER:
         if effective >= threshold:
             chosen, speed = settings, chars_per_s
+    text = max(1, train_chars)
+    if chosen["layers"] == 1 and effective >= 30 and effective * speed / text > SMALL_TEXT_PASSES:
+        chosen, speed = SMALL_TEXT_MODEL
     chosen = dict(chosen, precision=precision, dropout=0.0)
-    passes = effective * speed / max(1, train_chars)
-    if chosen["layers"] > 1 and passes > 4:
-        chosen["dropout"] = 0.2 if passes > 10 else 0.1
+    passes = effective * speed / text
+    if chosen["layers"] > 1:
+        for threshold, dropout in DROPOUT_BY_PASSES:
+            if passes > threshold:
+                chosen["dropout"] = dropout
     return chosen
