@@ -319,53 +319,12 @@ if HAVE_NUMBA:
                 logits[s, :] = head_b
             _gemm_acc(logits, 0, h[layers - 1], head_w, s0, s1)
 
-    # Two functions rather than one compiled twice: numba's on-disk cache does not tell two
-    # compilations of one function apart by their options.
-    @numba.njit(cache=True, error_model="numpy")
-    def _generate_serial(
-        kind,
-        table,
-        w_ih,
-        bias_in,
-        w_hh,
-        b_hh,
-        head_w,
-        head_b,
-        h,
-        c,
-        logits,
-        u,
-        temperature,
-        top_k,
-        top_p,
-        greedy,
-        out,
-        blocks,
-    ):
-        _run_block(
-            kind,
-            0,
-            out.shape[1],
-            table,
-            w_ih,
-            bias_in,
-            w_hh,
-            b_hh,
-            head_w,
-            head_b,
-            h,
-            c,
-            logits,
-            u,
-            temperature,
-            top_k,
-            top_p,
-            greedy,
-            out,
-        )
-
+    # One stream block per thread; a single block runs ``_run_block`` directly, without starting
+    # threads (a separate function: numba's on-disk cache does not tell two compilations of one
+    # function apart by their options).
     @numba.njit(cache=True, parallel=True, error_model="numpy")
     def _generate_parallel(
+        blocks,
         kind,
         table,
         w_ih,
@@ -383,7 +342,6 @@ if HAVE_NUMBA:
         top_p,
         greedy,
         out,
-        blocks,
     ):
         # Streams are independent: a contiguous block of them per thread, no waiting between.
         streams = out.shape[1]
@@ -477,27 +435,12 @@ class FastGenerator:
         out = np.empty(u.shape, dtype=np.int64)
         streams = u.shape[1]
         blocks = min(numba.get_num_threads(), streams // _STREAMS_PER_THREAD)
-        kernel = _generate_parallel if blocks > 1 else _generate_serial
-        kernel(
-            self.kind,
-            self.table,
-            self.w_ih,
-            self.bias_in,
-            self.w_hh,
-            self.b_hh,
-            self.head_w,
-            self.head_b,
-            h,
-            c,
-            lg,
-            u,
-            np.float32(temperature),
-            top_k,
-            np.float32(top_p),
-            greedy,
-            out,
-            max(blocks, 1),
-        )
+        weights = (self.table, self.w_ih, self.bias_in, self.w_hh, self.b_hh, self.head_w)
+        rest = (self.head_b, h, c, lg, u, np.float32(temperature), top_k, np.float32(top_p))
+        if blocks > 1:
+            _generate_parallel(blocks, self.kind, *weights, *rest, greedy, out)
+        else:
+            _run_block(self.kind, 0, streams, *weights, *rest, greedy, out)
         new_state = (
             (torch.from_numpy(h), torch.from_numpy(c)) if self.is_lstm else (torch.from_numpy(h),)
         )
