@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import charloom
-from charloom.runtime import resolve_device
+from charloom.device import resolve_device
 from charloom.train import Trainer, prepare_data
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
@@ -68,7 +68,7 @@ def matmul_peak(device: torch.device, sizes: list[int], repeats: int) -> dict:
 def model_flops_per_char(cfg: charloom.TrainConfig) -> float:
     """Training FLOPs per character: 3 x 2 x (recurrent multiply-adds + the head's)."""
     m = cfg.model
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[m.kind]
+    gates = m.gates
     macs = sum(
         gates * m.hidden * ((m.embed if layer == 0 else m.hidden) + m.hidden)
         for layer in range(m.layers)

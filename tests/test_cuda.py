@@ -20,8 +20,8 @@ from conftest import tiny_overrides
 
 import charloom
 from charloom.cli import main
+from charloom.device import resolve_device
 from charloom.errors import CharloomError
-from charloom.runtime import resolve_device
 from charloom.train import Trainer, load_trainer, prepare_data
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"

@@ -17,7 +17,7 @@ httpx = pytest.importorskip("httpx", reason="needs httpx (the dev extra)")
 from conftest import make_text, tiny_overrides  # noqa: E402
 
 import charloom  # noqa: E402
-from charloom.api import CharModel  # noqa: E402
+from charloom.charmodel import CharModel  # noqa: E402
 from charloom.model import CharRNN, ModelConfig  # noqa: E402
 from charloom.serve import ServeLimits  # noqa: E402
 from charloom.serve.app import create_app  # noqa: E402

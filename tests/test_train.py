@@ -132,7 +132,7 @@ def test_bf16_precision_trains(tmp_path, small_text):
 
 
 def test_auto_precision_is_resolved_and_recorded(tmp_path, small_text, monkeypatch):
-    from charloom import runtime
+    from charloom import device as runtime
 
     cpu = torch.device("cpu")
     assert charloom.preset_config("tiny").precision == "auto"

@@ -11,7 +11,7 @@ The Python API in a few names::
 """
 
 from ._version import __version__
-from .api import CharModel, load
+from .charmodel import CharModel, load
 from .config import TrainConfig
 from .errors import CharloomError
 from .evaluate import EvalResult

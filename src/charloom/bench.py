@@ -77,7 +77,7 @@ def flops_per_char(cfg: ModelConfig, training: bool = True) -> float:
     """Model FLOPs per character: each layer's gates are ``G*h*(in+h)`` multiply-adds (G = 4 for
     an LSTM) and the head ``h*V``; a multiply-add is 2 FLOPs; training is x3 (forward, and the
     two products of the backward pass)."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cfg.kind]
+    gates = cfg.gates
     macs = cfg.hidden * cfg.vocab_size
     for layer in range(cfg.layers):
         inp = cfg.embed if layer == 0 else cfg.hidden

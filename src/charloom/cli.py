@@ -468,7 +468,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .api import load
+    from .charmodel import load
 
     model = load(args.run, which=args.checkpoint, device=args.device)
     kwargs = dict(
@@ -500,7 +500,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .api import load
+    from .charmodel import load
     from .corpus import read_text
 
     model = load(args.run, which=args.checkpoint, device=args.device)
@@ -530,7 +530,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .api import load
+    from .charmodel import load
 
     m = load(args.run, which=args.checkpoint)
     cfg = m.config

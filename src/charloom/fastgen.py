@@ -33,7 +33,6 @@ import torch
 
 from .model import CharRNN
 
-_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 _KIND_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
 
 try:  # numba is an optional extra
@@ -382,7 +381,7 @@ class FastGenerator:
         cfg = model.config
         self.kind = _KIND_CODE[cfg.kind]
         r = model.rnn
-        hidden, gsize = cfg.hidden, _GATES[cfg.kind] * cfg.hidden
+        hidden, gsize = cfg.hidden, cfg.gates * cfg.hidden
 
         def f32(name: str) -> torch.Tensor:
             return getattr(r, name).detach().to("cpu", torch.float32)

@@ -27,6 +27,8 @@ from .errors import CharloomError
 
 MODEL_KINDS = ("lstm", "gru", "rnn")
 PATHS = ("fused", "cell")
+# Gate blocks per recurrent layer: the rows of weight_ih/weight_hh are GATES[kind] * hidden.
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 _RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 _CELL_CLASSES = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
@@ -67,9 +69,14 @@ class ModelConfig:
                 f"a model of {self.parameter_count():,} parameters is too large for charloom"
             )
 
+    @property
+    def gates(self) -> int:
+        """Gate blocks per layer (LSTM 4, GRU 3, RNN 1)."""
+        return GATES[self.kind]
+
     def parameter_count(self) -> int:
         """Number of parameters, computed without building the model."""
-        gates = {"lstm": 4, "gru": 3, "rnn": 1}[self.kind]
+        gates = self.gates
         n = self.vocab_size * self.embed
         for layer in range(self.layers):
             inp = self.embed if layer == 0 else self.hidden

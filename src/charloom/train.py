@@ -31,11 +31,11 @@ from . import distributed
 from .batches import make_batches
 from .config import TrainConfig
 from .corpus import TextSource, normalise_ascii, read_text
+from .device import autocast, resolve_device, resolve_precision
 from .errors import CharloomError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN, detach_state
 from .prepared import load_prepared, open_prepared, prepared_folder
-from .runtime import autocast, resolve_device, resolve_precision
 from .sample import SampleSettings, sample
 from .vocab import Vocab
 

@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
-from ..api import CharModel
+from ..charmodel import CharModel
 from ..sample import SampleSettings
 from .limits import ServeLimits
 from .scheduler import GenerateJob, GenerationFailed, NextJob, Scheduler, ServerBusy

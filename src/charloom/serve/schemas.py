@@ -13,7 +13,7 @@ import inspect
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..api import CharModel
+from ..charmodel import CharModel
 from ..sample import SampleSettings
 from .limits import ServeLimits
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 import uvicorn
 
-from ..api import load
+from ..charmodel import load
 from ..errors import CharloomError
 from .app import create_app
 from .limits import ServeLimits

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .._version import __version__
-from ..api import CharModel, load
+from ..charmodel import CharModel, load
 from ..errors import CharloomError
 from .features import Finding, rank_units, text_features
 from .trace import STATE_NAMES, Trace, state_kinds, trace_ids

@@ -1,4 +1,4 @@
-"""A trained model, loaded for use: sample from it, evaluate it, stream from it."""
+"""A trained model loaded for use (CharModel): sample from it, evaluate it, stream from it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 
 from . import checkpoint as ckpt
 from .corpus import normalise_ascii
+from .device import resolve_device
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN, ModelConfig
-from .runtime import resolve_device
 from .sample import SampleSettings, sample, stream_samples
 from .vocab import Vocab
 
