@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 
 import charloom
-from charloom.device import resolve_device
-from charloom.train import Trainer, prepare_data
+from charloom.batches import make_batches
+from charloom.data import encode_text
+from charloom.device import resolve_device, resolve_precision
+from charloom.step import TrainStep
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -77,24 +79,29 @@ def model_flops_per_char(cfg: charloom.TrainConfig) -> float:
 
 
 def train_speed(name: str, overrides: dict, text: str, device: str, steps: int) -> dict:
+    # bf16 where the device multiplies it natively; a CPU without bf16 (no AVX-512 BF16/AMX)
+    # has no bf16 LSTM kernel at all, so it measures fp32.
+    precision = resolve_precision("auto", resolve_device(device))
     cfg = charloom.preset_config(
-        "medium", iters=10**9, precision="bf16", device=device, dropout=0.0, **overrides
+        "medium", iters=10**9, precision=precision, device=device, dropout=0.0, **overrides
     )
-    data = prepare_data(cfg, text)
-    trainer = Trainer(cfg, data, Path("/nonexistent"))
+    data = encode_text(cfg, text)
+    step = TrainStep.build(cfg, data.vocab.size, device)
+    batches = make_batches(cfg.batching, data.train, cfg.batch_size, cfg.seq_len, seed=1)
     for _ in range(5):  # warm-up: kernels chosen, memory pools filled
-        trainer._step(*trainer.batches.next())
-    sync(trainer.device)
+        step.take(batches)
+    sync(step.device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer._step(*trainer.batches.next())
-    sync(trainer.device)
+        step.take(batches)
+    sync(step.device)
     seconds = time.perf_counter() - t0
     chars_per_s = cfg.batch_size * cfg.seq_len * steps / seconds
     return {
         "model": name,
-        "parameters": trainer.model.num_parameters(),
+        "parameters": step.model.num_parameters(),
         "batch": f"{cfg.batch_size}x{cfg.seq_len}",
+        "precision": precision,
         "ms_per_step": 1e3 * seconds / steps,
         "chars_per_s": chars_per_s,
         "model_flops": chars_per_s * model_flops_per_char(cfg),

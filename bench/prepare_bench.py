@@ -119,21 +119,21 @@ def prepare(text: Path, out: Path, vocab: str) -> dict:
 
 def step_times(folder: Path, batching: str, steps: int) -> None:
     """(In a child process) time ``steps`` training steps on prepared ``folder``; print JSON."""
-    import torch
 
     import charloom
-    from charloom.prepared import load_prepared
-    from charloom.train import Trainer
+    from charloom.batches import make_batches
+    from charloom.data import map_prepared
+    from charloom.step import TrainStep
 
-    torch.manual_seed(0)
-    config, data = load_prepared(charloom.preset_config("tiny", batching=batching), folder)
-    trainer = Trainer(config, data, Path("/nonexistent"))
+    config, data = map_prepared(charloom.preset_config("tiny", batching=batching), folder)
+    step = TrainStep.build(config, data.vocab.size)
+    batches = make_batches(batching, data.train, config.batch_size, config.seq_len, seed=1)
     for _ in range(5):
-        trainer._step(*trainer.batches.next())
+        step.take(batches)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        trainer._step(*trainer.batches.next())
+        step.take(batches)
         times.append(time.perf_counter() - t0)
     # Resident memory split: anonymous (the process's own) and file-backed (pages of the mapped
     # ids, clean page cache shared with the kernel; recent kernels map whole 2 MB folios).

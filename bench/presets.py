@@ -18,29 +18,32 @@ from pathlib import Path
 import torch
 
 import charloom
+from charloom.batches import make_batches
+from charloom.data import encode_text
 from charloom.presets import PRESETS
-from charloom.train import Trainer, prepare_data
+from charloom.step import TrainStep
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def measure(name: str, text: str, steps: int) -> dict:
     cfg = charloom.preset_config(name, iters=10**9)
-    data = prepare_data(cfg, text)
-    trainer = Trainer(cfg, data, Path("/nonexistent"))
+    data = encode_text(cfg, text)
+    step = TrainStep.build(cfg, data.vocab.size)
+    batches = make_batches(cfg.batching, data.train, cfg.batch_size, cfg.seq_len, seed=1)
     for _ in range(2):  # warm-up: first calls build the kernels for this shape
-        trainer._step(*trainer.batches.next())
+        step.take(batches)
     t0 = time.perf_counter()
     for _ in range(steps):
-        trainer._step(*trainer.batches.next())
+        step.take(batches)
     dt = time.perf_counter() - t0
     return {
         "preset": name,
         "model": f"{cfg.model.kind} {cfg.model.layers}x{cfg.model.hidden}",
-        "parameters": trainer.model.num_parameters(),
+        "parameters": step.model.num_parameters(),
         "batch": f"{cfg.batch_size}x{cfg.seq_len}",
         "path": cfg.path,
-        "precision": trainer.config.precision,  # what `auto` became on this machine
+        "precision": step.config.precision,  # what `auto` became on this machine
         "chars_per_s": cfg.batch_size * cfg.seq_len * steps / dt,
     }
 

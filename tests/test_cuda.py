@@ -20,9 +20,10 @@ from conftest import tiny_overrides
 
 import charloom
 from charloom.cli import main
+from charloom.data import encode_text
 from charloom.device import resolve_device
 from charloom.errors import CharloomError
-from charloom.train import Trainer, load_trainer, prepare_data
+from charloom.train import Trainer, load_trainer
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -35,7 +36,7 @@ def cuda_test(fn):
 
 def _trainer(text: str, tmp_path, **kw) -> Trainer:
     cfg = charloom.preset_config("tiny", **tiny_overrides(device="cuda", **kw))
-    return Trainer(cfg, prepare_data(cfg, text), tmp_path / "run")
+    return Trainer(cfg, encode_text(cfg, text), tmp_path / "run")
 
 
 # --- on any machine ---------------------------------------------------------------------------
@@ -84,29 +85,27 @@ def test_training_steps_never_wait_for_the_device(tmp_path, small_text):
     trainer = _trainer(small_text, tmp_path, precision="bf16")
     assert trainer.model.rnn.weight_hh_l0.is_cuda
     for _ in range(2):  # warm-up: cuDNN plans, memory pools
-        trainer._step(*trainer.batches.next())
+        trainer.step.take(trainer.batches)
     losses = []
     torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation raises
     try:
         for _ in range(5):
-            losses.append(trainer._step(*trainer.batches.next()))
-            trainer.iteration += 1
+            losses.append(trainer.step.take(trainer.batches))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.is_tensor(x) and x.is_cuda for x in losses)
-    assert math.isfinite(trainer._mean_loss(losses))
+    assert math.isfinite(trainer.step.mean_loss(losses))
 
 
 @cuda_test
 def test_a_non_finite_loss_on_the_gpu_stops_training_with_its_iteration(tmp_path, small_text):
     trainer = _trainer(small_text, tmp_path)
-    trainer._step(*trainer.batches.next())
-    trainer.iteration = 1
+    trainer.step.take(trainer.batches, iteration=0)
     with torch.no_grad():
         trainer.model.head.bias.fill_(float("nan"))
-    loss = trainer._step(*trainer.batches.next())
+    loss = trainer.step.take(trainer.batches, iteration=1)
     with pytest.raises(CharloomError, match="non-finite at iteration 2"):
-        trainer._mean_loss([loss])
+        trainer.step.mean_loss([loss])
     with pytest.raises(CharloomError, match="non-finite at iteration 2"):
         trainer.save()
     assert not (tmp_path / "run" / "latest").exists()
@@ -128,7 +127,7 @@ def test_a_cuda_run_samples_and_loads_on_the_cpu(tmp_path, text_file, capsys):
     # and the run continues on the CPU, its carried state moved off the GPU
     trainer = load_trainer(run, {"device": "cpu", "iters": 35})
     trainer.run()
-    assert trainer.iteration == 35 and not trainer.carry[0].is_cuda
+    assert trainer.iteration == 35 and not trainer.step.carry[0].is_cuda
 
 
 @cuda_test
@@ -148,10 +147,7 @@ def test_a_resumed_cuda_run_matches_an_uninterrupted_one(tmp_path, small_text):
     charloom.train(cfg, text=small_text, out=tmp_path / "whole", console=False)
     cfg = charloom.preset_config("tiny", **over)
     charloom.train(cfg, text=small_text, out=tmp_path / "split", console=False, stop_at=10)
-    trainer = load_trainer(tmp_path / "split", text=small_text)
-    from charloom.reporting import attach_reporting
-
-    attach_reporting(trainer, console=False)
+    trainer = load_trainer(tmp_path / "split", text=small_text, console=False)
     trainer.run()
 
     def losses(run):

@@ -50,7 +50,6 @@ WORKER = textwrap.dedent(
     import json, sys
     import charloom
     from charloom import distributed
-    from charloom.reporting import attach_reporting
     from safetensors.torch import save_file
 
     job = json.loads(sys.argv[1])
@@ -61,8 +60,7 @@ WORKER = textwrap.dedent(
 
     try:
         if job.get("resume"):
-            trainer = charloom.load_trainer(job["out"], job.get("overrides"))
-            attach_reporting(trainer, console=False)
+            trainer = charloom.load_trainer(job["out"], job.get("overrides"), console=False)
             trainer.add_callback("end", dump)
             trainer.run()
         else:

@@ -10,7 +10,8 @@ import pytest
 import charloom
 from charloom.cli import main
 from charloom.errors import CharloomError
-from charloom.plot import figure_outputs, plot_run, plot_runs, read_metrics
+from charloom.plot import figure_outputs, plot_run, plot_runs
+from charloom.rundir import read_metrics
 
 PREFIX = "charloom: error: "
 

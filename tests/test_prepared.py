@@ -16,9 +16,9 @@ import charloom
 from charloom.checkpoint import load_checkpoint
 from charloom.cli import main
 from charloom.corpus import AsciiNormaliser, iter_text, normalise_ascii, read_files
-from charloom.prepared import IDS_FILE, META_FILE, load_prepared, open_prepared, prepare
-from charloom.reporting import attach_reporting
-from charloom.train import load_trainer, prepare_data
+from charloom.data import encode_text, map_prepared
+from charloom.prepared import IDS_FILE, META_FILE, PreparedCorpus, prepare
+from charloom.train import load_trainer
 from charloom.vocab import Vocab
 
 PREFIX = "charloom: error: "
@@ -69,7 +69,7 @@ def test_prepared_ids_are_the_in_memory_encoding(tmp_path, vocab, ascii):
     data = prepare(files, tmp_path / "data", vocab=vocab, ascii=ascii, chunk_bytes=3)
     text = read_files(files)
     config = charloom.TrainConfig(vocab=vocab, ascii=ascii)
-    want = prepare_data(config, text)
+    want = encode_text(config, text)
     ids = _ids(tmp_path / "data")
     assert data.vocab == want.vocab and data.length == len(ids)
     assert np.array_equal(ids, torch.cat([want.train, want.val]).numpy())
@@ -109,9 +109,8 @@ def test_training_on_prepared_data_is_training_on_the_text(tmp_path, text_file):
         console=False,
         stop_at=6,
     )
-    trainer = load_trainer(tmp_path / "b")  # re-opens the prepared folder
+    trainer = load_trainer(tmp_path / "b", console=False)  # re-opens the prepared folder
     assert trainer.data.source.prepared
-    attach_reporting(trainer, console=False)
     trainer.run()
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
     a = load_checkpoint(tmp_path / "a" / "latest")
@@ -126,9 +125,9 @@ def _losses(run):
 
 def test_prepared_data_is_mapped_not_read(tmp_path, text_file):
     prepare([str(text_file)], tmp_path / "data", vocab="bytes")
-    config, data = load_prepared(charloom.TrainConfig(), tmp_path / "data")
+    config, data = map_prepared(charloom.TrainConfig(), tmp_path / "data")
     assert config.vocab == "bytes"  # the folder's vocabulary, not the default
-    mapped = open_prepared(tmp_path / "data").ids()
+    mapped = PreparedCorpus.open(tmp_path / "data").ids()
     assert len(data.train) + len(data.val) == len(mapped)
     assert not mapped.numpy().flags.owndata  # a view of the file mapping
 
@@ -177,9 +176,9 @@ def test_prepare_errors_are_one_line_and_write_nothing(tmp_path, text_file, caps
 def test_training_refuses_what_the_prepared_data_cannot_give(tmp_path, text_file, capsys):
     prepare([str(text_file)], tmp_path / "data")
     with pytest.raises(charloom.CharloomError, match="prepared with --vocab corpus"):
-        load_prepared(charloom.TrainConfig(vocab="bytes"), tmp_path / "data")
+        map_prepared(charloom.TrainConfig(vocab="bytes"), tmp_path / "data")
     with pytest.raises(charloom.CharloomError, match="alone"):
         charloom.train(paths=[str(tmp_path / "data"), str(text_file)], out=tmp_path / "r")
     (tmp_path / "data" / IDS_FILE).write_bytes(b"short")
     with pytest.raises(charloom.CharloomError, match="prepare the text again"):
-        open_prepared(tmp_path / "data")
+        PreparedCorpus.open(tmp_path / "data")

@@ -118,7 +118,14 @@ class Streams:
         self.steps_per_epoch = self.stream_len // self.seq_len
 
 
-def make_batches(kind: str, data: torch.Tensor, batch_size: int, seq_len: int, seed: int):
+# Either kind of batch source; both have ``next()``, ``carries_state``, ``new_epoch`` and
+# ``state_dict()``/``load_state_dict()`` (for exact resume).
+Batches = Portions | Streams
+
+
+def make_batches(
+    kind: str, data: torch.Tensor, batch_size: int, seq_len: int, seed: int
+) -> Batches:
     """The batcher named ``kind`` (``stream`` or ``portions``) over ``data (N,)``."""
     if kind == "stream":
         return Streams(data, batch_size, seq_len, seed)

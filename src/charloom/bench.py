@@ -25,11 +25,13 @@ from pathlib import Path
 
 import torch
 
+from .batches import make_batches
 from .config import TrainConfig
+from .data import encode_text
 from .model import CharRNN, ModelConfig
 from .presets import preset_config
 from .sample import SampleSettings, sample
-from .train import Trainer, prepare_data
+from .step import TrainStep
 from .vocab import Vocab
 
 # The lecture's model size, used for the like-for-like comparisons.
@@ -89,12 +91,13 @@ def train_chars_per_s(
     config: TrainConfig, text: str, min_time: float, steps_per_call: int = 1
 ) -> float:
     """Training characters per second of ``config``'s loop (batches, forward, backward, step)."""
-    data = prepare_data(config, text)
-    trainer = Trainer(config, data, Path(tempfile.gettempdir()) / "charloom-bench-unused")
+    data = encode_text(config, text)
+    step = TrainStep.build(config, data.vocab.size)
+    batches = make_batches(config.batching, data.train, config.batch_size, config.seq_len, seed=1)
 
     def run():
         for _ in range(steps_per_call):
-            trainer._step(*trainer.batches.next())
+            step.take(batches)
 
     seconds = _timed(run, min_time)
     return config.batch_size * config.seq_len * steps_per_call / seconds

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from ._version import __version__
 from .errors import CharloomError
 from .model import CharRNN, ModelConfig
+from .rundir import BEST, LATEST
 from .vocab import Vocab
 
 #: Version of the on-disk layout; a checkpoint from a newer charloom is refused, not guessed at.
@@ -44,8 +45,6 @@ WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.json"
 STATE_TENSORS_FILE = "state.safetensors"
 MANIFEST_FILE = "manifest.json"
-LATEST = "latest"
-BEST = "best"
 
 # A config.json larger than this is not one of ours (the largest vocabulary is ~4 MB of text).
 _MAX_CONFIG_BYTES = 64 * 1024 * 1024
@@ -348,27 +347,3 @@ def find_resumable(run_dir: Path) -> tuple[Path, str | None]:
     if not run_dir.is_dir():
         raise CharloomError(f"no such run directory: {str(run_dir)!r}")
     raise CharloomError(f"{run_dir} holds no complete checkpoint to resume from ({why})")
-
-
-def flatten_optimizer(opt_state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Optimizer ``state_dict`` -> (JSON part, tensors), so no pickle is ever needed."""
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict] = {}
-    for idx, st in opt_state["state"].items():
-        for key, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{key}"] = value
-            else:
-                scalars.setdefault(str(idx), {})[key] = value
-    return {"param_groups": opt_state["param_groups"], "scalars": scalars}, tensors
-
-
-def unflatten_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = value
-    for idx, st in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(st)
-    return {"state": state, "param_groups": meta["param_groups"]}

@@ -115,6 +115,14 @@ class TrainConfig:
         ):
             raise CharloomError(f"--seed must be an integer in 0..2^63-1, not {self.seed!r}")
 
+    def check_processes(self, n: int) -> None:
+        """Refuse a batch that ``n`` processes cannot share equally."""
+        if self.batch_size % n:
+            raise CharloomError(
+                f"--batch-size {self.batch_size} must be a multiple of the number of processes "
+                f"({n}): each process takes an equal share of every batch"
+            )
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -168,6 +176,27 @@ def _check_float(name, value, lo=None, hi=None, lo_open=False) -> None:
         if hi is not None:
             bound += f"{' and ' if bound else ''}<= {hi}"
         raise CharloomError(f"--{name.replace('_', '-')} must be a number {bound}, not {value!r}")
+
+
+# Settings that a resumed run may change; everything else is fixed by the run.
+RESUMABLE = frozenset(
+    {
+        "iters", "time", "eval_every", "sample_every", "log_every", "checkpoint_every",
+        "checkpoint_every_s", "device", "threads", "sample_prime", "sample_length",
+        "sample_temperature", "tensorboard",
+    }
+)
+
+
+def check_resume_overrides(overrides: dict) -> None:
+    """Refuse settings a resumed run cannot change (only the budget and reporting can)."""
+    fixed = sorted(set(overrides) - RESUMABLE)
+    if fixed:
+        bad = ", ".join("--" + f.replace("_", "-") for f in fixed)
+        raise CharloomError(
+            f"{bad} cannot be given with --resume: a resumed run keeps its settings "
+            "(only the budget and reporting can change)"
+        )
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)

@@ -16,16 +16,18 @@ next. CPU tensors travel over gloo, CUDA tensors over NCCL, in one process group
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from .errors import CharloomError
+from .errors import CharloomError, TrainingInterrupted
 
 #: How long a rank waits for the others before giving up (a crashed rank must not hang the
 #: rest forever; torchrun also stops the survivors when one rank fails).
@@ -109,6 +111,41 @@ class Group:
         if kind == "error":
             raise CharloomError(value)
         return value
+
+
+# --- the lead/follow protocol of a training run --------------------------------------------
+Command = Callable[..., tuple[int, float]]  # command(cmd=0, value=0.0) -> (cmd, value)
+
+
+def lead(loop: Callable[[], object], command: Command):
+    """Rank 0: run the training ``loop``, then tell the other ranks how it ended - STOP (with
+    the signal that interrupted it, if one did) or ABORT on an error."""
+    end, value = ABORT, 0.0
+    try:
+        result = loop()
+        end = STOP
+        return result
+    except TrainingInterrupted as exc:
+        end, value = STOP, float(exc.signum)
+        raise
+    finally:
+        # If another rank is gone, there is nobody to tell: the original error stands.
+        with contextlib.suppress(Exception):
+            command(end, value)
+
+
+def follow(command: Command, handlers: dict[int, Callable[[float], object]]) -> float:
+    """A rank other than 0: do what rank 0 says (``handlers[cmd](value)`` for STEP, EVAL,
+    SAVE) until it says STOP; returns STOP's value (the signal that stopped rank 0, or 0).
+    Rank 0 alone decides, so clocks, signals and time budgets cannot make the ranks disagree
+    about what comes next."""
+    while True:
+        cmd, value = command()
+        if cmd == STOP:
+            return value
+        if cmd not in handlers:
+            raise CharloomError("rank 0 stopped with an error (see its message above)")
+        handlers[cmd](value)
 
 
 def join(device: torch.device) -> Group | None:

@@ -10,33 +10,21 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import CharloomError
+from .rundir import run_metrics
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with charloom
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 METRICS = ("both", "val", "train")
 X_AXES = ("iter", "time")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The records of a ``metrics.jsonl`` file (a torn last line is skipped)."""
-    records = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(rec, dict):
-                    records.append(rec)
-    except FileNotFoundError:
-        return []
-    return records
 
 
 def _number(x) -> bool:
@@ -54,20 +42,20 @@ def _series(records: list[dict], key: str, x: str = "iter") -> tuple[list[float]
     return xs, [points[v] for v in xs]
 
 
-def _figure(show_lr: bool, size: tuple[float, float] = (7, 5)):
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+def _figure(
+    show_lr: bool, size: tuple[float, float] = (7, 5)
+) -> tuple[Figure, Axes, Axes | None]:
+    # A Figure of its own, not pyplot's: drawing never touches the caller's backend or
+    # pyplot's list of open figures (a notebook's inline plots stay as they were).
+    from matplotlib.figure import Figure
 
     if show_lr:
-        fig, (ax, ax_lr) = plt.subplots(
-            2, 1, figsize=size, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-        )
+        fig = Figure(figsize=size)
+        ax, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     else:
-        fig, ax = plt.subplots(figsize=(size[0], size[1] * 0.8))
-        ax_lr = None
-    return plt, fig, ax, ax_lr
+        fig = Figure(figsize=(size[0], size[1] * 0.8))
+        ax, ax_lr = fig.subplots(), None
+    return fig, ax, ax_lr
 
 
 def _bits_axis(ax) -> None:
@@ -85,24 +73,23 @@ def _lr_panel(ax_lr, xlabel: str) -> None:
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
 
 
-def _save(fig, plt, outputs: Sequence[Path]) -> None:
-    try:
-        for out in outputs:
-            out = Path(out)
-            tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
-            try:
-                fig.savefig(tmp, dpi=110)
-                os.replace(tmp, out)
-            finally:
-                tmp.unlink(missing_ok=True)
-    finally:
-        plt.close(fig)
+def _save(fig: Figure, outputs: Sequence[Path]) -> None:
+    """Write ``fig`` to each of ``outputs`` atomically (a reader never sees half a file)."""
+    for out in outputs:
+        out = Path(out)
+        tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}{out.suffix}")
+        try:
+            fig.savefig(tmp, dpi=110)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
-def plot_run(records: list[dict], outputs: Sequence[Path], title: str = "") -> None:
-    """Draw one run's train and validation loss (and its learning rate) to each of ``outputs``."""
+def plot_run(records: list[dict], outputs: Sequence[Path] = (), title: str = "") -> Figure:
+    """Draw one run's train and validation loss (and its learning rate); write the figure to
+    each of ``outputs`` and return it."""
     lr_x, lr_y = _series(records, "lr")
-    plt, fig, ax, ax_lr = _figure(show_lr=bool(lr_x))
+    fig, ax, ax_lr = _figure(show_lr=bool(lr_x))
     for key, label, colour in (
         ("train_loss", "train", "tab:blue"),
         ("val_loss", "validation", "tab:orange"),
@@ -138,7 +125,8 @@ def plot_run(records: list[dict], outputs: Sequence[Path], title: str = "") -> N
     else:
         ax.set_xlabel("iteration")
     fig.tight_layout()
-    _save(fig, plt, outputs)
+    _save(fig, outputs)
+    return fig
 
 
 def _time_scale(records_list: Sequence[list[dict]]) -> tuple[float, str]:
@@ -158,8 +146,9 @@ def plot_runs(
     metric: str = "both",
     x_axis: str = "iter",
     title: str = "",
-) -> None:
-    """Draw several runs' loss curves on one figure, one colour per run.
+) -> Figure:
+    """Draw several runs' loss curves on one figure, one colour per run; write it to each of
+    ``outputs`` and return it.
 
     ``metric``: ``val`` (validation, solid; a run that never evaluated shows its training loss),
     ``train`` (dashed) or ``both``; ``x_axis``: ``iter`` or ``time`` (wall-clock). Each run's
@@ -174,8 +163,10 @@ def plot_runs(
     x_key = "iter" if x_axis == "iter" else "time"
     scale, xlabel = (1.0, "iteration") if x_axis == "iter" else _time_scale(list(runs.values()))
     show_lr = any(_series(r, "lr", x_key)[0] for r in runs.values())
-    plt, fig, ax, ax_lr = _figure(show_lr=show_lr, size=(8, 5.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax, ax_lr = _figure(show_lr=show_lr, size=(8, 5.5))
+    from matplotlib import rcParams
+
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = 0
     for n, (name, records) in enumerate(runs.items()):
         colour = colours[n % len(colours)]
@@ -210,7 +201,6 @@ def plot_runs(
             if lx:
                 ax_lr.plot([x / scale for x in lx], ly, color=colour)
     if not drawn:
-        plt.close(fig)
         raise CharloomError("none of the runs has recorded any loss yet")
     _bits_axis(ax)
     ax.grid(alpha=0.3)
@@ -222,7 +212,8 @@ def plot_runs(
     else:
         ax.set_xlabel(xlabel)
     fig.tight_layout()
-    _save(fig, plt, outputs)
+    _save(fig, outputs)
+    return fig
 
 
 def figure_outputs(out: str | os.PathLike) -> list[Path]:
@@ -241,22 +232,6 @@ def figure_outputs(out: str | os.PathLike) -> list[Path]:
     if not folder.is_dir():
         raise CharloomError(f"the folder for {str(out)!r} does not exist")
     return paths
-
-
-def run_metrics(run: str | os.PathLike) -> list[dict]:
-    """The metrics of a run directory (or of the run holding a checkpoint folder)."""
-    from .train import METRICS_FILE
-
-    p = Path(run)
-    if not p.exists():
-        raise CharloomError(f"no such run: {str(run)!r}")
-    for folder in (p, p.parent):
-        if (folder / METRICS_FILE).is_file():
-            records = read_metrics(folder / METRICS_FILE)
-            if not records:
-                raise CharloomError(f"{str(run)!r} has not recorded any metrics yet")
-            return records
-    raise CharloomError(f"{str(run)!r} has no {METRICS_FILE}: is it a charloom run directory?")
 
 
 def plot_compare(

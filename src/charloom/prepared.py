@@ -35,7 +35,6 @@ import torch
 
 from ._version import __version__
 from .checkpoint import write_json
-from .config import TrainConfig
 from .corpus import AsciiNormaliser, TextSource, expand_paths, iter_text, load_builtin
 from .errors import CharloomError
 from .vocab import VOCAB_KINDS, Vocab
@@ -56,7 +55,7 @@ _CODE_POINTS = 0x110000
 
 
 @dataclass(frozen=True)
-class PreparedData:
+class PreparedCorpus:
     """What ``meta.json`` says about a prepared folder."""
 
     path: Path
@@ -77,6 +76,46 @@ class PreparedData:
         # nothing writes to it (nothing does).
         mm = np.memmap(self.ids_path, dtype=self.dtype, mode="c", shape=(self.length,))
         return torch.from_numpy(mm)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> PreparedCorpus:
+        """The prepared folder ``path``, checked: its meta.json complete and its ids.bin the size
+        the meta says."""
+        path = Path(path)
+        meta_path = path / META_FILE
+        if not is_prepared_folder(path):
+            raise CharloomError(f"{str(path)!r} is not a folder written by charloom prepare")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        fmt = meta.get("format")
+        if not isinstance(fmt, int) or fmt > FORMAT:
+            raise CharloomError(
+                f"{meta_path} was written by a newer charloom ({meta.get('charloom_version')}); "
+                "upgrade charloom to read it"
+            )
+        try:
+            vocab = Vocab.from_dict(meta["vocab"])
+            dtype = np.dtype(meta["dtype"])
+            length = meta["length"]
+            if dtype != ids_dtype(vocab) or not isinstance(length, int) or length < 1:
+                raise ValueError("the dtype or length is not valid")
+            prepared = cls(
+                path=path,
+                vocab=vocab,
+                ascii=meta.get("ascii") is True,
+                dtype=dtype,
+                length=length,
+                sha256=str(meta["sha256"]),
+                source=dict(meta.get("source") or {}),
+            )
+        except (KeyError, TypeError, ValueError, CharloomError) as exc:
+            raise CharloomError(f"{meta_path} is damaged ({exc}); prepare the text again") from None
+        size = prepared.ids_path.stat().st_size if prepared.ids_path.is_file() else None
+        if size != length * dtype.itemsize:
+            raise CharloomError(
+                f"{prepared.ids_path} holds {size} bytes, not the {length * dtype.itemsize} its "
+                "meta.json says; prepare the text again"
+            )
+        return prepared
 
 
 # --- encoding ---------------------------------------------------------------------------------
@@ -146,7 +185,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise CharloomError(f"--out {str(out)!r} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()):
-        if not is_prepared(out):
+        if not is_prepared_folder(out):
             raise CharloomError(
                 f"{str(out)!r} is not empty and is not charloom prepared data; "
                 "give a new or empty folder as --out"
@@ -168,7 +207,7 @@ def prepare(
     overwrite: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
     progress: bool = False,
-) -> PreparedData:
+) -> PreparedCorpus:
     """Encode the text of ``paths`` (files, folders, globs) or of the built-in ``corpus`` into
     the prepared folder ``out``, in constant memory; ``vocab`` and ``ascii`` as for training.
 
@@ -238,7 +277,7 @@ def prepare(
         raise CharloomError(f"cannot write prepared data to {out}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return open_prepared(out)
+    return PreparedCorpus.open(out)
 
 
 def _write_ids(path: Path, encode: _Encoder, pieces: Iterable[str]) -> tuple[int, str]:
@@ -283,7 +322,7 @@ def _progress(pieces: Iterator[str], total: int | None, what: str, encoding: str
 
 
 # --- reading ----------------------------------------------------------------------------------
-def is_prepared(path: str | os.PathLike) -> bool:
+def is_prepared_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder written by :func:`prepare`."""
     meta = Path(path) / META_FILE
     if not meta.is_file() or meta.stat().st_size > _MAX_META_BYTES:
@@ -294,49 +333,9 @@ def is_prepared(path: str | os.PathLike) -> bool:
         return False
 
 
-def open_prepared(path: str | os.PathLike) -> PreparedData:
-    """The prepared folder ``path``, checked: its meta.json complete and its ids.bin the size
-    the meta says."""
-    path = Path(path)
-    meta_path = path / META_FILE
-    if not is_prepared(path):
-        raise CharloomError(f"{str(path)!r} is not a folder written by charloom prepare")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    fmt = meta.get("format")
-    if not isinstance(fmt, int) or fmt > FORMAT:
-        raise CharloomError(
-            f"{meta_path} was written by a newer charloom ({meta.get('charloom_version')}); "
-            "upgrade charloom to read it"
-        )
-    try:
-        vocab = Vocab.from_dict(meta["vocab"])
-        dtype = np.dtype(meta["dtype"])
-        length = meta["length"]
-        if dtype != ids_dtype(vocab) or not isinstance(length, int) or length < 1:
-            raise ValueError("the dtype or length is not valid")
-        prepared = PreparedData(
-            path=path,
-            vocab=vocab,
-            ascii=meta.get("ascii") is True,
-            dtype=dtype,
-            length=length,
-            sha256=str(meta["sha256"]),
-            source=dict(meta.get("source") or {}),
-        )
-    except (KeyError, TypeError, ValueError, CharloomError) as exc:
-        raise CharloomError(f"{meta_path} is damaged ({exc}); prepare the text again") from None
-    size = prepared.ids_path.stat().st_size if prepared.ids_path.is_file() else None
-    if size != length * dtype.itemsize:
-        raise CharloomError(
-            f"{prepared.ids_path} holds {size} bytes, not the {length * dtype.itemsize} its "
-            "meta.json says; prepare the text again"
-        )
-    return prepared
-
-
-def prepared_folder(paths: Sequence[str], corpus: str | None = None) -> Path | None:
+def find_prepared(paths: Sequence[str], corpus: str | None = None) -> Path | None:
     """The prepared folder among training inputs ``paths`` (``None`` if they are text)."""
-    found = [p for p in paths if os.path.isdir(p) and is_prepared(p)]
+    found = [p for p in paths if os.path.isdir(p) and is_prepared_folder(p)]
     if not found:
         return None
     if len(paths) > 1 or corpus:
@@ -344,32 +343,3 @@ def prepared_folder(paths: Sequence[str], corpus: str | None = None) -> Path | N
             f"{found[0]} is prepared data: train on it alone, or prepare all the text together"
         )
     return Path(found[0])
-
-
-def load_prepared(config: TrainConfig, folder: str | os.PathLike, vocab: Vocab | None = None):
-    """``(config, data)`` for training on prepared ``folder``: the config takes the folder's
-    vocabulary and normalisation, and ``data`` (a :class:`~charloom.train.TrainData`) maps the
-    ids without reading them. ``vocab``: the vocabulary a resumed run was trained with."""
-    from .train import TrainData, validation_size
-
-    prepared = open_prepared(folder)
-    defaults = TrainConfig()
-    for name, have in (("vocab", prepared.vocab.kind), ("ascii", prepared.ascii)):
-        want = getattr(config, name)
-        if want != have and want != getattr(defaults, name):
-            raise CharloomError(
-                f"{folder} was prepared with --vocab {prepared.vocab.kind}"
-                f"{' --ascii' if prepared.ascii else ''}; prepare the text again for "
-                f"--vocab {config.vocab}{' --ascii' if config.ascii else ''}"
-            )
-    if vocab is not None and vocab != prepared.vocab:
-        raise CharloomError(
-            f"{folder} has a different vocabulary from the run's; resume with the same data"
-        )
-    config = config.replace(vocab=prepared.vocab.kind, ascii=prepared.ascii)
-    ids = prepared.ids()
-    n_val = validation_size(len(ids), config.val_fraction)
-    train = ids[: len(ids) - n_val]
-    val = ids[len(ids) - n_val :][:MAX_EVAL_CHARS]
-    source = TextSource(paths=(str(folder),), prepared=True)
-    return config, TrainData(prepared.vocab, train, val, source, prepared.sha256)

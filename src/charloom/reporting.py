@@ -4,17 +4,18 @@ the lecture's printed lines), ``metrics.jsonl``, ``samples.txt``, the loss plots
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
+from . import rundir
 from .errors import CharloomError
-from .plot import plot_run, read_metrics
-from .train import EVAL_SHARE, METRICS_FILE, SAMPLE_HEADER, SAMPLES_FILE, Trainer
+from .plot import plot_run
+from .schedule import EVAL_SHARE
 
-PLOT_FILES = ("loss.png", "loss.pdf")
+if TYPE_CHECKING:  # for annotations only: the trainer imports this module, not the reverse
+    from .train import Trainer
 
 
 def require_tensorboard():
@@ -31,13 +32,12 @@ class Metrics:
     """Appends one JSON line per log and evaluation to ``metrics.jsonl``; keeps them for plots."""
 
     def __init__(self, trainer: Trainer) -> None:
-        self.path = trainer.run_dir / METRICS_FILE
-        self.records = read_metrics(self.path)  # earlier lines of a resumed run
+        self.path = trainer.run_dir / rundir.METRICS_FILE
+        self.records = rundir.read_metrics(self.path)  # earlier lines of a resumed run
 
     def _append(self, rec: dict) -> None:
         self.records.append(rec)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        rundir.append_metric(self.path, rec)
 
     def on_log(self, t: Trainer) -> None:
         self._append(
@@ -62,7 +62,7 @@ class Plots:
 
     def __init__(self, trainer: Trainer, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.outputs = [trainer.run_dir / f for f in PLOT_FILES]
+        self.outputs = [trainer.run_dir / f for f in rundir.PLOT_FILES]
         self.title = trainer.run_dir.name
 
     def draw(self, t: Trainer) -> None:
@@ -74,11 +74,10 @@ class Samples:
     """Appends each training sample to ``samples.txt``."""
 
     def __init__(self, trainer: Trainer) -> None:
-        self.path = trainer.run_dir / SAMPLES_FILE
+        self.path = trainer.run_dir / rundir.SAMPLES_FILE
 
     def on_sample(self, t: Trainer) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(f"{SAMPLE_HEADER.format(t.iteration)}\n{t.sample_text}\n\n")
+        rundir.append_sample(self.path, t.iteration, t.sample_text)
 
 
 class Console:
@@ -194,7 +193,7 @@ class Console:
 class TensorBoard:
     def __init__(self, trainer: Trainer) -> None:
         writer_cls = require_tensorboard()
-        self.writer = writer_cls(log_dir=str(Path(trainer.run_dir) / "tensorboard"))
+        self.writer = writer_cls(log_dir=str(trainer.run_dir / rundir.TENSORBOARD_DIR))
 
     def on_log(self, t: Trainer) -> None:
         self.writer.add_scalar("loss/train", t.window_loss, t.iteration)

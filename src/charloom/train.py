@@ -1,160 +1,44 @@
-"""Trainer: the training loop, its schedule, evaluation and checkpoints.
+"""Training: the loop, and the two entry points ``train`` (a new run) and ``load_trainer``
+(continue one).
 
-Logging, sampling, plotting and the progress bar hang off the loop as callbacks (see
-``reporting.py``), so the loop itself reads top to bottom: batch -> forward -> loss -> backward
--> clip -> step, with evaluation and checkpoints at their intervals.
+The loop reads top to bottom: batch -> step -> log -> evaluate -> sample -> checkpoint, until
+the budget is spent. What it calls lives elsewhere: the step in ``step.py``, the schedule and
+budget clock in ``schedule.py``, the saved training state in ``trainstate.py``, the run
+directory's layout in ``rundir.py``, the data in ``data.py``. Logging, samples, plots and the
+progress bar hang off the loop's events as callbacks (``reporting.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import math
 import os
-import re
-import shutil
-import signal
-import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from . import distributed
+from . import distributed, rundir
 from .batches import make_batches
-from .config import TrainConfig
-from .corpus import TextSource, normalise_ascii, read_text
-from .device import autocast, resolve_device, resolve_precision
+from .config import TrainConfig, check_resume_overrides
+from .corpus import TextSource
+from .data import TrainData, load_data, reload_data
+from .device import PrivateRng, check_precision, resolve_device, resolve_precision, torch_threads
 from .errors import CharloomError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate_ids
-from .model import CharRNN, detach_state
-from .prepared import load_prepared, open_prepared, prepared_folder
+from .model import CharRNN
+from .presets import budget_overrides, machine_rate
+from .reporting import attach_reporting, require_tensorboard
 from .sample import SampleSettings, sample
-from .vocab import Vocab
-
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.txt"
-SAMPLE_HEADER = "--- iteration {} ---"  # heads each sample in samples.txt
-RUNS_ROOT = "runs"
-
-# "No non-finite loss yet" (see Trainer._check_diverged).
-_NEVER = 2**62
-# The smallest validation split worth evaluating (characters).
-_MIN_VAL_CHARS = 2
-# Under --time, the share of the budget that evaluations may take.
-EVAL_SHARE = 0.05
+from .schedule import BudgetClock
+from .signals import StopRequest, stop_on_signals
+from .step import TrainStep, rank_seed
+from .trainstate import rank_state, restore_training_state, training_state
 
 
-# --- data ------------------------------------------------------------------------------------
-@dataclass
-class TrainData:
-    """The encoded training and validation text and the vocabulary."""
-
-    vocab: Vocab
-    train: torch.Tensor  # (N_train,) ids
-    val: torch.Tensor  # (N_val,) ids; empty when there is no validation split
-    source: TextSource | None
-    sha256: str
-
-
-def validation_size(n: int, val_fraction: float) -> int:
-    """How many of ``n`` characters are held out, at the end of the text, for validation."""
-    n_val = int(n * val_fraction)
-    return n_val if n_val >= _MIN_VAL_CHARS else 0
-
-
-def prepare_data(
-    config: TrainConfig,
-    text: str,
-    source: TextSource | None = None,
-    vocab: Vocab | None = None,
-) -> TrainData:
-    """Normalise, encode and split ``text`` as ``config`` says (``vocab``: reuse a saved one)."""
-    if config.ascii:
-        if config.vocab == "bytes":
-            raise CharloomError("--ascii goes with --vocab printable or corpus, not bytes")
-        text = normalise_ascii(text)
-    if not text:
-        raise CharloomError("the text is empty")
-    vocab = vocab or Vocab.build(config.vocab, text)
-    ids = vocab.encode(text, what="training text")
-    n_val = validation_size(len(ids), config.val_fraction)
-    train = torch.from_numpy(ids[: len(ids) - n_val].copy())
-    val = torch.from_numpy(ids[len(ids) - n_val :].copy())
-    digest = hashlib.sha256(ids.tobytes()).hexdigest()
-    return TrainData(vocab, train, val, source, digest)
-
-
-# --- schedule --------------------------------------------------------------------------------
-def learning_rate(config: TrainConfig, iteration: int, progress: float) -> float:
-    """Learning rate at ``iteration`` (0-based); ``progress`` in [0, 1] is how far the run is
-    through its budget (iterations, or wall-clock time under ``--time``)."""
-    if config.warmup and iteration < config.warmup:
-        return config.lr * (iteration + 1) / config.warmup
-    if config.schedule == "constant":
-        return config.lr
-    if config.time is None:
-        span = max(1, config.iters - config.warmup)
-        progress = (iteration - config.warmup) / span
-    progress = min(max(progress, 0.0), 1.0)
-    low = config.lr * config.min_lr_ratio
-    return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * progress))
-
-
-def _rank_seed(seed: int, rank: int) -> int:
-    """The seed of rank ``rank``'s own random numbers (dropout) in a distributed run."""
-    return (seed + 1_000_003 * rank) % 2**63
-
-
-# --- run directories -------------------------------------------------------------------------
-def _looks_like_run(path: Path) -> bool:
-    names = {p.name for p in path.iterdir()}
-    return bool(names & {ckpt.LATEST, ckpt.BEST, f"{ckpt.LATEST}.old", METRICS_FILE})
-
-
-def new_run_dir(out: str | os.PathLike | None, name: str, overwrite: bool = False) -> Path:
-    """Where a new run writes. An explicit ``out`` that exists and is not empty is refused unless
-    ``overwrite`` (and then only if it is a charloom run); without ``out``, ``runs/<name>`` gets
-    a numeric suffix rather than replacing anything."""
-    if out is None:
-        base = Path(RUNS_ROOT) / name
-        path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        return path
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise CharloomError(f"--out {str(out)!r} is a file, not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise CharloomError(
-                f"run directory {str(out)!r} already exists; use --resume {out} to continue it, "
-                "--overwrite to replace it, or another --out"
-            )
-        if not _looks_like_run(path):
-            raise CharloomError(
-                f"{str(out)!r} is not empty and is not a charloom run; refusing to overwrite it"
-            )
-    return path
-
-
-def _clear_run_dir(path: Path) -> None:
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-# --- the trainer -----------------------------------------------------------------------------
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -166,48 +50,45 @@ class TrainResult:
 
 
 EVENTS = ("start", "log", "eval", "sample", "checkpoint", "end")
+Callback = Callable[["Trainer"], object]
 
 
-@dataclass
 class Trainer:
-    """Runs one training run into ``run_dir``. Callbacks get the trainer; see ``EVENTS``."""
+    """Runs one training run into ``run_dir``. Callbacks get the trainer; see ``EVENTS``.
 
-    config: TrainConfig
-    data: TrainData
-    run_dir: Path
-    callbacks: dict[str, list[Callable]] = field(default_factory=lambda: defaultdict(list))
+    ``config`` is the caller's and is never changed: the trainer works on a copy that records
+    the vocabulary size and the precision actually used."""
 
-    def __post_init__(self) -> None:
-        cfg = self.config
-        cfg.model.vocab_size = self.data.vocab.size
-        cfg.validate()
-        cfg.model.validate()
-        self.run_dir = Path(self.run_dir)
-        self.device = resolve_device(cfg.device)
+    def __init__(self, config: TrainConfig, data: TrainData, run_dir: str | os.PathLike) -> None:
+        self.data, self.run_dir = data, Path(run_dir)
+        self.device = resolve_device(config.device)
         self.dist = distributed.join(self.device)  # None unless started by torchrun
         if self.dist is not None:
             self.device = self.dist.device
-        cfg.precision = resolve_precision(cfg.precision, self.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.model = CharRNN(cfg.model).to(self.device)
-        decay = cfg.weight_decay if cfg.optimizer == "adamw" else 0.0
-        opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(self.model.parameters(), lr=cfg.lr, weight_decay=decay)
-        self.batches = make_batches(
-            cfg.batching, self.data.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 1
+        self.config = cfg = config.replace(
+            vocab_size=data.vocab.size, precision=resolve_precision(config.precision, self.device)
         )
-        self._train_module = self._spread_over_ranks()  # what the training forward runs
-        self._nonfinite_at: torch.Tensor | None = None  # on GPUs: first non-finite iteration
-        self.iteration = 0
-        self.elapsed = 0.0  # seconds of training so far, across resumes
+        cfg.validate()
+        cfg.model.validate()
+        check_precision(cfg.precision, self.device, cfg.model.kind)
+        self.callbacks: dict[str, list[Callback]] = defaultdict(list)
+        self.rng = PrivateRng(self.device, cfg.seed)
+        with self.rng.active():
+            self.model = CharRNN(cfg.model).to(self.device)
+            if self.dist is not None and self.dist.rank:
+                # Dropout masks differ between ranks as between rows of one batch.
+                torch.manual_seed(rank_seed(cfg.seed, self.dist.rank))
+        self.step = TrainStep(cfg, self.model, self.device, self.dist)
+        self.batches = make_batches(
+            cfg.batching, data.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 1
+        )
+        self.clock = BudgetClock(cfg, data.has_validation)
+        self.stop = StopRequest()
         self.chars_seen = 0
         self.best_val: float | None = None
         self.best_iter: int | None = None
         self.last_val: EvalResult | None = None
-        self.carry = None  # recurrent state carried between stream batches
-        self.lr = learning_rate(cfg, 0, 0.0)
+        self.lr = self.clock.learning_rate()
         # Filled in as training goes, read by callbacks.
         self.last_loss = float("nan")
         self.window_loss = float("nan")
@@ -215,17 +96,38 @@ class Trainer:
         self.sample_text = ""
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
-        self.interrupted: int | None = None  # the signal that asked training to stop
         self.sizing_note: str | None = None  # how the model was sized for a --time budget
-        # Time bookkeeping for --time budgets: what steps and evaluations cost.
-        self.step_seconds = 0.0
-        self._eval_cost = 0.0
-        self._save_cost = 0.0
-        self._next_eval_at = 0.1 * cfg.time if cfg.time is not None else 0.0
         self._prime = self._training_prime()
 
-    # callbacks -------------------------------------------------------------------------
-    def add_callback(self, event: str, fn: Callable) -> None:
+    # what callbacks read ------------------------------------------------------------------
+    @property
+    def iteration(self) -> int:
+        return self.clock.iteration
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock.elapsed
+
+    @property
+    def interrupted(self) -> int | None:
+        """The signal that asked training to stop, if one did."""
+        return self.stop.signum
+
+    @property
+    def has_validation(self) -> bool:
+        return self.data.has_validation
+
+    @property
+    def overhead_share(self) -> float:
+        return self.clock.overhead_share
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process reports and writes: always, unless it is a rank other than 0
+        of a distributed run (see ``distributed.py``)."""
+        return self.dist is None or self.dist.is_main
+
+    def add_callback(self, event: str, fn: Callback) -> None:
         if event not in EVENTS:
             raise ValueError(f"unknown event {event!r}")
         self.callbacks[event].append(fn)
@@ -234,66 +136,15 @@ class Trainer:
         for fn in self.callbacks.get(event, ()):
             fn(self)
 
-    # many processes ----------------------------------------------------------------------
-    @property
-    def is_main(self) -> bool:
-        """Whether this process reports and writes: always, unless it is a rank other than 0
-        of a distributed run (see ``distributed.py``)."""
-        return self.dist is None or self.dist.is_main
-
-    def _spread_over_ranks(self) -> torch.nn.Module:
-        """The model, or under torchrun the model wrapped in DistributedDataParallel, which
-        averages the gradients of the ranks' shares of each batch. ``self.model`` stays the
-        bare module: evaluation, samples and checkpoints use it."""
-        if self.dist is None:
-            return self.model
-        cfg, world = self.config, self.dist.world_size
-        if cfg.batch_size % world:
-            raise CharloomError(
-                f"--batch-size {cfg.batch_size} must be a multiple of the number of processes "
-                f"({world}): each process takes an equal share of every batch"
-            )
-        if self.dist.rank:  # dropout masks differ between ranks as between rows of one batch
-            torch.manual_seed(_rank_seed(cfg.seed, self.dist.rank))
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=ids)
-
     def _command(self, cmd: int = 0, value: float = 0.0) -> tuple[int, float]:
         """Rank 0: send a command to the other ranks; they: receive it. Either way, a signal
         caught by any rank reaches rank 0 here, which then stops the run for all."""
-        cmd, value, heard = self.dist.command(cmd, value, self.interrupted)
-        if heard is not None and self.interrupted is None:
-            self.interrupted = heard
+        assert self.dist is not None
+        cmd, value, heard = self.dist.command(cmd, value, self.stop.signum)
+        if heard is not None and self.stop.signum is None:
+            self.stop.signum = heard
         return cmd, value
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of batch tensor ``t (B, T)``, on the training device."""
-        if self.dist is not None:
-            t = t[self.dist.share(len(t))]
-        if self.device.type == "cuda":
-            t = t.pin_memory()  # so that the copy does not wait for the device
-        return t.to(self.device, non_blocking=True)
-
-    def _check_diverged(self) -> None:
-        """On GPUs non-finite losses are noted on the device (no sync per step) and reported
-        here, before anything is evaluated, logged or written."""
-        if self._nonfinite_at is not None and int(self._nonfinite_at) != _NEVER:
-            raise CharloomError(
-                "training diverged: the loss or gradient norm became non-finite at iteration "
-                f"{int(self._nonfinite_at)}; the last checkpoint is kept. Try a lower --lr, "
-                "--grad-clip 1.0, or --precision fp32"
-            )
-
-    def _mean_loss(self, losses: list) -> float:
-        """Mean of the losses ``_step`` returned (floats, or device scalars on GPUs)."""
-        if losses and torch.is_tensor(losses[0]):
-            self._check_diverged()
-            return float(torch.stack(losses).mean())
-        return sum(losses) / len(losses)
-
-    # helpers ---------------------------------------------------------------------------
     def _training_prime(self) -> str:
         prime = self.config.sample_prime or ""
         if prime and not self.data.vocab.unknown(prime):
@@ -302,51 +153,15 @@ class Trainer:
         first = self.data.vocab.decode(self.data.train[:1].tolist())
         return first or self.data.vocab.decode([0])
 
-    @property
-    def has_validation(self) -> bool:
-        return len(self.data.val) >= _MIN_VAL_CHARS
-
-    @property
-    def progress(self) -> float:
-        cfg = self.config
-        if cfg.time is not None:
-            return min(1.0, self.elapsed / cfg.time)
-        return min(1.0, self.iteration / max(1, cfg.iters))
-
-    def done(self) -> bool:
-        cfg = self.config
-        if cfg.time is not None:
-            # Stop early enough that the final evaluation and checkpoint end by the deadline.
-            # (The first evaluation also pays one-off warm-up costs, so the reserve is capped.)
-            reserve = 1.2 * (self._eval_cost + self._save_cost) if self.has_validation else 0.0
-            return self.elapsed + min(reserve, 0.1 * cfg.time) >= cfg.time
-        return self.iteration >= cfg.iters
-
-    def _eval_due(self, it: int) -> bool:
-        if self.config.time is None:
-            return it % self.config.eval_every == 0
-        # Under a time budget, evaluations are spaced by what they cost, so that they take
-        # about EVAL_SHARE of the time whatever the model and validation size.
-        return self.elapsed >= self._next_eval_at
-
-    @staticmethod
-    def _elapsed_now(base: float, start: float) -> float:
-        return base + (time.perf_counter() - start)
-
-    @property
-    def overhead_share(self) -> float:
-        """Share of the wall-clock time spent outside training steps (evaluation, samples,
-        checkpoints, plots)."""
-        return 0.0 if self.elapsed <= 0 else max(0.0, 1 - self.step_seconds / self.elapsed)
-
+    # what the loop does besides stepping ---------------------------------------------------
     def evaluate(self) -> EvalResult:
-        self._check_diverged()
+        """Loss on the validation text; under torchrun each rank takes a contiguous share."""
+        self.step.check_diverged()
         dtype = torch.bfloat16 if self.config.precision == "bf16" else None
         if self.dist is None:
             return evaluate_ids(self.model, self.data.val, autocast_dtype=dtype)
         if self.dist.is_main:
             self._command(distributed.EVAL)
-        # Each rank predicts its contiguous share of the held-out characters.
         n, world, rank = len(self.data.val) - 1, self.dist.world_size, self.dist.rank
         lo, hi = rank * n // world, (rank + 1) * n // world
         part = evaluate_ids(self.model, self.data.val[lo : hi + 1], autocast_dtype=dtype)
@@ -354,10 +169,10 @@ class Trainer:
         return EvalResult(total / chars, int(chars))
 
     def make_sample(self) -> str:
+        """A sample primed as the config says, seeded from the iteration so that samples are
+        repeatable and draw nothing from the training random streams."""
         cfg = self.config
         settings = SampleSettings(temperature=cfg.sample_temperature)
-        # Seeded from the iteration so samples are repeatable and draw nothing from the
-        # training random streams.
         return sample(
             self.model,
             self.data.vocab,
@@ -380,54 +195,24 @@ class Trainer:
             "source": self.data.source.to_dict() if self.data.source else None,
         }
 
-    # checkpoints -----------------------------------------------------------------------
     def _config_json(self) -> dict:
         return ckpt.config_dict(
             self.config.model, self.data.vocab, self.config.ascii, self.summary()
         )
 
-    def _check_finite_weights(self) -> None:
-        self._check_diverged()
-        for name, p in self.model.named_parameters():
-            if not bool(torch.isfinite(p).all()):
-                raise CharloomError(
-                    f"the weights became non-finite ({name}) at iteration {self.iteration}; "
-                    "nothing was written and the last checkpoint is kept. Try a lower --lr, "
-                    "--grad-clip 1.0, or --precision fp32"
-                )
-
-    def _rank_state(self) -> dict[str, torch.Tensor]:
-        """What differs between ranks: random generators and the carried state (this rank's
-        streams), on the CPU."""
-        tensors = {"rng.torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        for i, t in enumerate(self.carry or ()):
-            tensors[f"carry.{i}"] = t.detach().cpu()
-        return tensors
-
-    def save(self) -> Path:
+    def save(self) -> Path | None:
         """Write ``latest/``: weights and everything needed to resume exactly. Under torchrun
-        every rank takes part (rank 0 gathers the others' states) and rank 0 writes; the
-        checkpoint holds the whole carried state, so it resumes with any number of processes."""
-        self._check_finite_weights()
+        every rank takes part (rank 0 gathers the others' states) and rank 0 writes."""
+        self.step.check_finite_weights(self.iteration)
+        mine = rank_state(self.device, self.step.carry)
         if self.dist is None:
-            return self._write_latest([self._rank_state()])
+            return self._write_latest([mine])
         if self.dist.is_main:
             self._command(distributed.SAVE)
-        return self.dist.on_main(self._write_latest, self.dist.gather(self._rank_state()))
+        return self.dist.on_main(self._write_latest, self.dist.gather(mine))
 
     def _write_latest(self, ranks: list[dict[str, torch.Tensor]]) -> Path:
-        opt_meta, opt_tensors = ckpt.flatten_optimizer(self.optimizer.state_dict())
-        tensors = dict(opt_tensors)
-        for rank, part in enumerate(ranks):
-            for key in ("rng.torch", "rng.cuda"):
-                if key in part:
-                    tensors[key + (f".rank{rank}" if rank else "")] = part[key]
-        for key in (k for k in ranks[0] if k.startswith("carry.")):
-            tensors[key] = torch.cat([part[key] for part in ranks], dim=1)  # (L, B, H)
-        batch_state = self.batches.state_dict()
-        tensors["rng.batches"] = batch_state.pop("rng")
+        meta, tensors = training_state(self.step.optimizer, self.batches, ranks)
         state = {
             "config": self.config.to_dict(),
             "iteration": self.iteration,
@@ -437,11 +222,9 @@ class Trainer:
             "best_iteration": self.best_iter,
             "last_val_loss": self.last_val.loss if self.last_val else None,
             "window_loss": None if math.isnan(self.window_loss) else self.window_loss,
-            "batches": batch_state,
-            "optimizer": opt_meta,
             "source": self.data.source.to_dict() if self.data.source else None,
             "data_sha256": self.data.sha256,
-            "processes": len(ranks),
+            **meta,
         }
         path = ckpt.write_checkpoint(
             self.run_dir, ckpt.LATEST, self._config_json(), self.model.state_dict(), state, tensors
@@ -450,258 +233,138 @@ class Trainer:
         return path
 
     def save_best(self) -> Path:
-        self._check_finite_weights()
+        self.step.check_finite_weights(self.iteration)
         return ckpt.write_checkpoint(
             self.run_dir, ckpt.BEST, self._config_json(), self.model.state_dict()
         )
 
     def restore(self, checkpoint: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint written by :meth:`save`."""
-        st, tensors = checkpoint.state, checkpoint.state_tensors
-        if st.get("data_sha256") != self.data.sha256:
+        if checkpoint.state.get("data_sha256") != self.data.sha256:
             raise CharloomError(
                 "the training text differs from the one this run was trained on; "
                 "resume with the same text (or start a new run)"
             )
-        try:
-            self.model.load_state_dict(checkpoint.weights)
-            self.optimizer.load_state_dict(ckpt.unflatten_optimizer(st["optimizer"], tensors))
-            rank = self.dist.rank if self.dist is not None else 0
-            suffix = f".rank{rank}" if rank else ""
-            # A rank the saved run did not have keeps the generator it was seeded with.
-            if not rank or "rng.torch" + suffix in tensors:
-                torch.set_rng_state(tensors["rng.torch" + suffix])
-            if self.device.type == "cuda" and "rng.cuda" + suffix in tensors:
-                torch.cuda.set_rng_state(tensors["rng.cuda" + suffix], self.device)
-            self.batches.load_state_dict({**st["batches"], "rng": tensors["rng.batches"]})
-            carry = [tensors[k] for k in sorted(t for t in tensors if t.startswith("carry."))]
-            if carry and self.dist is not None:  # this rank's streams of the whole state
-                carry = [t[:, self.dist.share(t.shape[1])] for t in carry]
-            self.carry = tuple(t.to(self.device) for t in carry) if carry else None
-            self.iteration = int(st["iteration"])
-            self.elapsed = float(st["elapsed"])
-            self.chars_seen = int(st["chars_seen"])
-            self.best_val = st.get("best_val_loss")
-            self.best_iter = st.get("best_iteration")
-            wl = st.get("window_loss")
-            self.window_loss = float("nan") if wl is None else float(wl)
-            if st.get("last_val_loss") is not None:
-                self.last_val = EvalResult(float(st["last_val_loss"]), len(self.data.val) - 1)
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise CharloomError(
-                f"{checkpoint.path}: the training state is damaged or does not match ({exc})"
-            ) from None
-        self.resumed_from = checkpoint.path
-        self.lr = learning_rate(self.config, self.iteration, self.progress)
-        if self.is_main:
-            _truncate_metrics(self.run_dir / METRICS_FILE, self.iteration)
-            _truncate_samples(self.run_dir / SAMPLES_FILE, self.iteration)
-
-    # the loop --------------------------------------------------------------------------
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float | torch.Tensor:
-        """One optimisation step on the global batch ``x, y (B, T)`` (under torchrun, on this
-        rank's rows). Returns the batch's mean loss: a float, or on GPUs a device scalar."""
-        cfg = self.config
-        model = self.model
-        if self.batches.carries_state and self.batches.new_epoch:
-            self.carry = None
-        state = self.carry if self.batches.carries_state else None
-        x, y = self._to_device(x), self._to_device(y)
-        if self.dist is None:
-            self.lr = learning_rate(cfg, self.iteration, self.progress)
-        elif self.dist.is_main:  # rank 0 owns the schedule (and the clock it may follow)
-            self.lr = learning_rate(cfg, self.iteration, self.progress)
-            self._command(distributed.STEP, self.lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
-        with autocast(self.device, cfg.precision):
-            logits, new_state = self._train_module(x, state, path=cfg.path)
-        # Mean over every character of the batch: the lecture's loss averaged over the portion.
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        value = self._watch(loss.detach(), grad_norm)
-        self.optimizer.step()
-        if self.batches.carries_state:
-            self.carry = detach_state(new_state)
-        return value
-
-    def _watch(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> float | torch.Tensor:
-        """The step's loss as reported (under torchrun: the whole batch's, averaged over the
-        ranks). A non-finite loss or gradient stops training: on the CPU at once, before the
-        weights change; on GPUs, which must not wait for the device every step, it is noted
-        there and reported by :meth:`_check_diverged` before anything is logged or written."""
-        if self.dist is not None:
-            loss = self.dist.mean_(loss.clone())
-        if self.device.type == "cuda":
-            bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
-            mark = torch.where(bad, self.iteration + 1, _NEVER)
-            first = self._nonfinite_at
-            self._nonfinite_at = mark if first is None else torch.minimum(first, mark)
-            return loss
-        value = float(loss)
-        if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
-            what = "loss" if not math.isfinite(value) else "gradient norm"
-            raise CharloomError(
-                f"training diverged: the {what} became non-finite at iteration "
-                f"{self.iteration + 1}; the last checkpoint is kept. Try a lower --lr, "
-                "--grad-clip 1.0, or --precision fp32"
+        rank = self.dist.rank if self.dist is not None else 0
+        share = self.dist.share if self.dist is not None else None
+        with self.rng.active():
+            counters, self.step.carry = restore_training_state(
+                checkpoint, self.model, self.step.optimizer, self.batches, self.device, rank, share
             )
-        return value
+        self.clock.iteration, self.clock.elapsed = counters.iteration, counters.elapsed
+        self.chars_seen = counters.chars_seen
+        self.best_val, self.best_iter = counters.best_val_loss, counters.best_iteration
+        wl = counters.window_loss
+        self.window_loss = float("nan") if wl is None else float(wl)
+        if counters.last_val_loss is not None:
+            self.last_val = EvalResult(float(counters.last_val_loss), len(self.data.val) - 1)
+        self.resumed_from = checkpoint.path
+        self.lr = self.clock.learning_rate()
+        if self.is_main:
+            rundir.truncate_after(self.run_dir, self.iteration)
 
+    # the loop ----------------------------------------------------------------------------
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train until the budget is spent (or until iteration ``stop_at``, for tests and
         interrupted runs); write the final checkpoint and return a summary."""
-        self._train_module.train()
+        self.step.module.train()
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self._fire("start")
-        previous_handlers = self._catch_signals()
-        try:
+        with (
+            torch_threads(self.config.threads),
+            self.rng.active(),
+            stop_on_signals(self.stop, announce=self.is_main),
+        ):
             if self.dist is None:
                 return self._loop(stop_at)
-            return self._lead(stop_at) if self.dist.is_main else self._follow()
-        finally:
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
-
-    def _lead(self, stop_at: int | None) -> TrainResult:
-        """Rank 0 of a distributed run: the loop, then tell the other ranks how it ended."""
-        end, value = distributed.ABORT, 0.0
-        try:
-            result = self._loop(stop_at)
-            end = distributed.STOP
-            return result
-        except TrainingInterrupted as exc:
-            end, value = distributed.STOP, float(exc.signum)
-            raise
-        finally:
-            # If another rank is gone, there is nobody to tell: the original error stands.
-            with contextlib.suppress(Exception):
-                self._command(end, value)
+            if self.dist.is_main:
+                return distributed.lead(lambda: self._loop(stop_at), self._command)
+            return self._follow()
 
     def _follow(self) -> TrainResult:
-        """A rank other than 0: do what rank 0 says - step, evaluate, checkpoint - until it
-        says stop. Rank 0 alone decides, so clocks, signals and time budgets cannot make the
-        ranks disagree about what comes next."""
-        cfg = self.config
-        while True:
-            cmd, value = self._command()
-            if cmd == distributed.STEP:
-                self.lr = value
-                x, y = self.batches.next()
-                self._step(x, y)
-                self.iteration += 1
-                self.chars_seen += cfg.batch_size * cfg.seq_len
-            elif cmd == distributed.EVAL:
-                self.last_val = self.evaluate()
-                self.model.train()
-            elif cmd == distributed.SAVE:
-                self.save()
-            elif cmd == distributed.STOP:
-                break
-            else:
-                raise CharloomError("rank 0 stopped with an error (see its message above)")
+        """A rank other than 0: step, evaluate and checkpoint when rank 0 says so."""
+
+        def step(lr: float) -> None:
+            self.lr = lr
+            self.step.take(self.batches, lr, self.iteration)
+            self.clock.iteration += 1
+            self.chars_seen += self.config.batch_size * self.config.seq_len
+
+        def evaluate(_: float) -> None:
+            self.last_val = self.evaluate()
+            self.model.train()
+
+        handlers = {
+            distributed.STEP: step,
+            distributed.EVAL: evaluate,
+            distributed.SAVE: lambda _: self.save(),
+        }
+        signum = distributed.follow(self._command, handlers)
         self._fire("end")
-        if value:
-            raise TrainingInterrupted(int(value), self.run_dir, self.iteration)
+        if signum:
+            raise TrainingInterrupted(int(signum), self.run_dir, self.iteration)
         val = self.last_val.loss if self.last_val else None
         return TrainResult(self.run_dir, self.iteration, float("nan"), val, None, self.elapsed)
 
-    def _catch_signals(self) -> dict:
-        """SIGINT/SIGTERM: finish the step, checkpoint, stop. A second one leaves at once -
-        safe, because every checkpoint is written atomically."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, frame):
-            if self.interrupted is not None:
-                os._exit(128 + signum)
-            self.interrupted = signum
-            if self.is_main:  # under torchrun: one message, not one per rank
-                print(
-                    "\ncharloom: stopping after this step and saving a checkpoint "
-                    "(press Ctrl-C again to quit at once)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-        return previous
-
     def _loop(self, stop_at: int | None) -> TrainResult:
-        cfg = self.config
-        model = self.model
+        cfg, clock = self.config, self.clock
         chars_per_step = cfg.batch_size * cfg.seq_len
-        checkpoint_every = cfg.checkpoint_every or cfg.eval_every
-        window_losses: list[float] = []
+        window_losses: list[float | torch.Tensor] = []
         window_time, window_iters = 0.0, 0  # time spent in training steps only
-        base_elapsed, loop_start = self.elapsed, time.perf_counter()
-        last_saved, last_saved_at = self.iteration, loop_start
-        while not self.done() and (stop_at is None or self.iteration < stop_at):
-            if self.interrupted is not None:
+        clock.start()
+        last_saved, last_saved_at = self.iteration, time.perf_counter()
+        while not clock.done() and (stop_at is None or self.iteration < stop_at):
+            if self.stop.signum is not None:
                 self.save()
                 self._fire("end")
-                raise TrainingInterrupted(self.interrupted, self.run_dir, self.iteration)
+                raise TrainingInterrupted(self.stop.signum, self.run_dir, self.iteration)
             t0 = time.perf_counter()
-            x, y = self.batches.next()
-            loss = self._step(x, y)
-            self.iteration += 1
+            self.lr = clock.learning_rate()  # rank 0 owns the schedule (and its clock)
+            if self.dist is not None:
+                self._command(distributed.STEP, self.lr)
+            loss = self.step.take(self.batches, self.lr, self.iteration)
+            clock.iteration += 1
             self.chars_seen += chars_per_step
-            self.last_loss = loss
+            self.last_loss = loss  # type: ignore[assignment]
             window_losses.append(loss)
             window_iters += 1
             now = time.perf_counter()
             window_time += now - t0
-            # Wall-clock, evaluation and checkpoints included: --time is a real deadline.
-            self.elapsed = base_elapsed + (now - loop_start)
-            it = self.iteration
-            if it % cfg.log_every == 0 or self.done():
-                self.window_loss = self._mean_loss(window_losses)
+            clock.tick()  # wall-clock, evaluations and checkpoints included: a real deadline
+            if self.iteration % cfg.log_every == 0 or clock.done():
+                self.window_loss = self.step.mean_loss(window_losses)
                 self.chars_per_s = window_iters * chars_per_step / max(window_time, 1e-9)
                 window_losses.clear()
                 window_time, window_iters = 0.0, 0
                 self._fire("log")
-            self.step_seconds += now - t0
-            evaluated = False
-            if self.has_validation and (self.done() or self._eval_due(it)):
+            clock.step_seconds += now - t0
+            evaluated = clock.eval_due()
+            if evaluated:
                 t_eval = time.perf_counter()
                 self.last_val = self.evaluate()
-                model.train()
+                self.model.train()
                 if self.best_val is None or self.last_val.loss < self.best_val:
-                    self.best_val, self.best_iter = self.last_val.loss, it
+                    self.best_val, self.best_iter = self.last_val.loss, self.iteration
                     self.save_best()
                 self._fire("eval")
-                self._eval_cost = time.perf_counter() - t_eval
-                self._next_eval_at = self._elapsed_now(base_elapsed, loop_start) + max(
-                    self._eval_cost * (1 - EVAL_SHARE) / EVAL_SHARE,
-                    0.05 * (cfg.time or 0),
-                )
-                evaluated = True
-            if it % cfg.sample_every == 0:
+                clock.evaluated(time.perf_counter() - t_eval)
+            if self.iteration % cfg.sample_every == 0:
                 self.sample_text = self.make_sample()
-                model.train()
+                self.model.train()
                 self._fire("sample")
             due_by_time = (
                 cfg.checkpoint_every_s is not None
                 and time.perf_counter() - last_saved_at >= cfg.checkpoint_every_s
             )
-            if cfg.checkpoint_every is None and cfg.time is not None:
-                due_by_count = evaluated or (not self.has_validation and it % cfg.eval_every == 0)
-            else:
-                due_by_count = it % checkpoint_every == 0
-            if due_by_count or due_by_time:
+            if clock.checkpoint_due(evaluated) or due_by_time:
                 t_save = time.perf_counter()
                 self.save()
-                last_saved, last_saved_at = it, time.perf_counter()
-                self._save_cost = last_saved_at - t_save
-            self.elapsed = self._elapsed_now(base_elapsed, loop_start)
+                last_saved, last_saved_at = self.iteration, time.perf_counter()
+                clock.save_cost = last_saved_at - t_save
+            clock.tick()
         if window_losses:
-            self.window_loss = self._mean_loss(window_losses)
+            self.window_loss = self.step.mean_loss(window_losses)
         if self.iteration != last_saved or not (self.run_dir / ckpt.LATEST).exists():
             self.save()
         self._fire("end")
@@ -713,43 +376,6 @@ class Trainer:
             best_val_loss=self.best_val,
             elapsed=self.elapsed,
         )
-
-
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop metrics recorded after ``iteration`` (a run that crashed after its last checkpoint
-    is resumed from that checkpoint, so those lines will be written again)."""
-    if not path.exists():
-        return
-    keep = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a crash
-            if rec.get("iter", 0) <= iteration:
-                keep.append(json.dumps(rec))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-_SAMPLE_HEADER = re.compile(
-    "^" + re.escape(SAMPLE_HEADER).replace(re.escape("{}"), r"(\d+)") + "$", re.MULTILINE
-)
-
-
-def _truncate_samples(path: Path, iteration: int) -> None:
-    """Drop training samples written after ``iteration`` (see :func:`_truncate_metrics`)."""
-    if not path.exists():
-        return
-    text = path.read_text(encoding="utf-8", errors="replace")
-    for m in _SAMPLE_HEADER.finditer(text):
-        if int(m.group(1)) > iteration:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text[: m.start()], encoding="utf-8")
-            os.replace(tmp, path)
-            return
 
 
 # --- the public entry points -----------------------------------------------------------------
@@ -764,7 +390,7 @@ def train(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     name: str | None = None,
-    callbacks: dict[str, list[Callable]] | None = None,
+    callbacks: dict[str, list[Callback]] | None = None,
     stop_at: int | None = None,
     console: bool = True,
     progress_bar: bool = True,
@@ -777,47 +403,25 @@ def train(
     ``size_for_budget``: under a ``time`` budget, pick the model size, batch and learning rate
     for the budget and the text (``presets.budget_overrides``).
     """
-    from .reporting import attach_reporting
-
     config = config or TrainConfig()
     config.validate()
-    folder = prepared_folder(paths, corpus) if text is None else None
-    if folder is not None:  # ids written by `charloom prepare`: mapped, not read
-        config, data = load_prepared(config, folder)
-        source, n_chars = data.source, open_prepared(folder).length
-    else:
-        if text is not None:
-            source = None
-        else:
-            text, source = read_text(paths, corpus, encoding=encoding, errors=errors)
-        n_chars = len(text)
+    config, data = load_data(
+        config, text=text, paths=paths, corpus=corpus, encoding=encoding, errors=errors
+    )
     sizing_note = None
     if size_for_budget and config.time is not None:
-        from .presets import budget_overrides, machine_rate
-
-        rates = machine_rate(resolve_device(config.device).type)
-        chosen = budget_overrides(config.time, int(n_chars * (1 - config.val_fraction)), rates)
-        config = config.replace(**chosen)
-        sizing_note = (
-            f"sized for a {config.time:g} s budget on {n_chars:,} chars "
-            f"(matmul {rates['fp32']:,.0f} GFLOP/s fp32, {rates['bf16']:,.0f} bf16): "
-            f"{config.model.kind} {config.model.layers}x{config.model.hidden}, "
-            f"{config.precision}, dropout {config.model.dropout:g}, "
-            f"batch {config.batch_size}x{config.seq_len}, lr {config.lr:g}"
-        )
-    if folder is None:
-        data = prepare_data(config, text, source)
+        config, sizing_note = _size_for_budget(config, data.text_chars)
+    if config.tensorboard:
+        require_tensorboard()
     # Under torchrun, rank 0 picks (and later writes) the run directory; the others learn it.
     group = distributed.join(resolve_device(config.device))
-    pick = (new_run_dir, out, name or _default_name(source), overwrite)
-    run_dir = group.on_main(*pick) if group else pick[0](*pick[1:])
+    source = data.source or TextSource()
+    default = rundir.default_name(source.corpus, source.paths) if data.source else "run"
+    pick = (rundir.new_run_dir, out, name or default, overwrite)
+    run_dir = group.on_main(*pick) if group else rundir.new_run_dir(*pick[1:])
     trainer = Trainer(config, data, run_dir)  # builds batches: checks the text is long enough
-    if config.tensorboard:
-        from .reporting import require_tensorboard
-
-        require_tensorboard()
     if run_dir.exists() and overwrite and trainer.is_main:
-        _clear_run_dir(run_dir)
+        rundir.clear_run_dir(run_dir)
     trainer.sizing_note = sizing_note
     attach_reporting(trainer, console=console, bar=progress_bar)
     for event, fns in (callbacks or {}).items():
@@ -826,42 +430,53 @@ def train(
     return trainer.run(stop_at=stop_at)
 
 
-def _default_name(source: TextSource | None) -> str:
-    if source is None:
-        return "run"
-    if source.corpus:
-        return source.corpus
-    stem = Path(source.paths[0]).stem if source.paths else "run"
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in stem) or "run"
+def _size_for_budget(config: TrainConfig, n_chars: int) -> tuple[TrainConfig, str]:
+    """``config`` with the model, batch and learning rate the budget rule picks for
+    ``config.time`` seconds on ``n_chars`` characters, and a note saying so."""
+    assert config.time is not None
+    rates = machine_rate(resolve_device(config.device).type)
+    chosen = budget_overrides(config.time, int(n_chars * (1 - config.val_fraction)), rates)
+    config = config.replace(**chosen)
+    note = (
+        f"sized for a {config.time:g} s budget on {n_chars:,} chars "
+        f"(matmul {rates['fp32']:,.0f} GFLOP/s fp32, {rates['bf16']:,.0f} bf16): "
+        f"{config.model.kind} {config.model.layers}x{config.model.hidden}, "
+        f"{config.precision}, dropout {config.model.dropout:g}, "
+        f"batch {config.batch_size}x{config.seq_len}, lr {config.lr:g}"
+    )
+    return config, note
 
 
 def load_trainer(
-    run_dir: str | os.PathLike, overrides: dict | None = None, text: str | None = None
+    run_dir: str | os.PathLike,
+    overrides: dict | None = None,
+    text: str | None = None,
+    *,
+    console: bool = True,
+    progress_bar: bool = True,
 ) -> Trainer:
-    """A trainer restored from ``run_dir``'s latest complete checkpoint, ready to ``run()``.
+    """A trainer restored from ``run_dir``'s latest complete checkpoint, ready to ``run()``,
+    reporting as :func:`train` does (metrics, samples, plots; ``console``: progress on stderr).
 
-    ``overrides`` may extend the budget (``iters``, ``time``) or change reporting intervals;
-    ``text`` replaces re-reading the recorded text source (needed when it was given as a
-    string)."""
+    ``overrides`` may extend the budget (``iters``, ``time``) or change reporting intervals
+    (see ``config.RESUMABLE``); ``text`` replaces re-reading the recorded text source (needed
+    when it was given as a string)."""
     path, note = ckpt.find_resumable(Path(run_dir))
     checkpoint = ckpt.load_checkpoint(path, with_state=True)
     st = checkpoint.state
     config = TrainConfig.from_dict(st.get("config"))
     if overrides:
+        check_resume_overrides(overrides)
         config = config.replace(**overrides)
         config.validate()
     source = TextSource.from_dict(st["source"]) if st.get("source") else None
-    if text is None and source is not None and source.prepared:
-        config, data = load_prepared(config, source.paths[0], vocab=checkpoint.vocab)
-    else:
-        if text is None:
-            if source is None:
-                raise CharloomError(
-                    f"{run_dir} was trained on a text given in Python; pass it again to resume"
-                )
-            text = source.read()
-        data = prepare_data(config, text, source, vocab=checkpoint.vocab)
+    if text is None and source is None:
+        raise CharloomError(
+            f"{run_dir} was trained on a text given in Python; pass it again to resume"
+        )
+    config, data = reload_data(config, source, checkpoint.vocab, text)
     trainer = Trainer(config, data, Path(run_dir))
     trainer.restore(checkpoint)
     trainer.resume_note = note
+    attach_reporting(trainer, console=console, bar=progress_bar)
     return trainer

@@ -1,0 +1,114 @@
+"""The learning-rate schedule and the clock of a run's budget.
+
+A run is budgeted in iterations (``--iters``) or in wall-clock seconds (``--time``). Under a time
+budget the cosine schedule ends at the deadline, evaluations are spaced by what they cost so that
+they take about :data:`EVAL_SHARE` of the time, and training stops early enough for the final
+evaluation and checkpoint to end by the deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from .config import TrainConfig
+
+# Under --time, the share of the budget that evaluations may take.
+EVAL_SHARE = 0.05
+
+
+def learning_rate(config: TrainConfig, iteration: int, progress: float) -> float:
+    """Learning rate at ``iteration`` (0-based); ``progress`` in [0, 1] is how far the run is
+    through its budget (iterations, or wall-clock time under ``--time``)."""
+    if config.warmup and iteration < config.warmup:
+        return config.lr * (iteration + 1) / config.warmup
+    if config.schedule == "constant":
+        return config.lr
+    if config.time is None:
+        span = max(1, config.iters - config.warmup)
+        progress = (iteration - config.warmup) / span
+    progress = min(max(progress, 0.0), 1.0)
+    low = config.lr * config.min_lr_ratio
+    return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * progress))
+
+
+class BudgetClock:
+    """Where a run stands in its budget: iterations done, seconds spent (across resumes), and
+    what steps, evaluations and checkpoints cost."""
+
+    def __init__(self, config: TrainConfig, has_validation: bool) -> None:
+        self.config = config
+        self.has_validation = has_validation
+        self.iteration = 0
+        self.elapsed = 0.0  # wall-clock seconds of the run so far, evaluations included
+        self.step_seconds = 0.0  # of which in training steps
+        self.eval_cost = 0.0  # seconds the last evaluation took
+        self.save_cost = 0.0  # seconds the last checkpoint took
+        self.next_eval_at = 0.1 * config.time if config.time is not None else 0.0
+        self._base = 0.0
+        self._start = time.perf_counter()
+
+    def start(self) -> None:
+        """Start (or restart, after a resume) counting wall-clock time from now."""
+        self._base, self._start = self.elapsed, time.perf_counter()
+
+    def now(self) -> float:
+        """Seconds of the run up to this moment."""
+        return self._base + (time.perf_counter() - self._start)
+
+    def tick(self) -> float:
+        """Bring ``elapsed`` up to now; returns it."""
+        self.elapsed = self.now()
+        return self.elapsed
+
+    @property
+    def progress(self) -> float:
+        """How far through the budget, in [0, 1]."""
+        cfg = self.config
+        if cfg.time is not None:
+            return min(1.0, self.elapsed / cfg.time)
+        return min(1.0, self.iteration / max(1, cfg.iters))
+
+    def learning_rate(self) -> float:
+        """The learning rate of the next step."""
+        return learning_rate(self.config, self.iteration, self.progress)
+
+    def done(self) -> bool:
+        cfg = self.config
+        if cfg.time is not None:
+            # Stop early enough that the final evaluation and checkpoint end by the deadline.
+            # (The first evaluation also pays one-off warm-up costs, so the reserve is capped.)
+            reserve = 1.2 * (self.eval_cost + self.save_cost) if self.has_validation else 0.0
+            return self.elapsed + min(reserve, 0.1 * cfg.time) >= cfg.time
+        return self.iteration >= cfg.iters
+
+    def eval_due(self) -> bool:
+        if not self.has_validation:
+            return False
+        if self.done():
+            return True
+        if self.config.time is None:
+            return self.iteration % self.config.eval_every == 0
+        return self.elapsed >= self.next_eval_at
+
+    def evaluated(self, seconds: float) -> None:
+        """An evaluation took ``seconds``: space the next one so evaluations keep to
+        EVAL_SHARE of the time, whatever the model and validation size."""
+        self.eval_cost = seconds
+        self.next_eval_at = self.now() + max(
+            seconds * (1 - EVAL_SHARE) / EVAL_SHARE, 0.05 * (self.config.time or 0)
+        )
+
+    def checkpoint_due(self, evaluated: bool) -> bool:
+        """Whether the iteration just done should write ``latest/`` (time-based checkpoints
+        aside): with every evaluation by default, or every ``checkpoint_every`` iterations."""
+        cfg, it = self.config, self.iteration
+        if cfg.checkpoint_every is None and cfg.time is not None:
+            return evaluated or (not self.has_validation and it % cfg.eval_every == 0)
+        return it % (cfg.checkpoint_every or cfg.eval_every) == 0
+
+    @property
+    def overhead_share(self) -> float:
+        """Share of the wall-clock time spent outside training steps (evaluation, samples,
+        checkpoints, plots)."""
+        return 0.0 if self.elapsed <= 0 else max(0.0, 1 - self.step_seconds / self.elapsed)
