@@ -204,7 +204,7 @@ class SampleStream:
         out = []
         for i, tokens in enumerate(ids.T.tolist()):
             left = self.length - self.counts[i]
-            piece = self.decoders[i].feed_many(tokens)[:left] if left > 0 else ""
+            piece = self.decoders[i].feed(tokens)[:left] if left > 0 else ""
             self.counts[i] += len(piece)
             out.append(piece)
         return out
