@@ -166,9 +166,8 @@ class CharRNN(nn.Module):
         if path == "fused":
             out, state = self._fused(ids, state)
         elif path == "cell":
-            states = self._cell_states(ids, state)
-            out = states[0][-1]  # the top layer's h at every step: (B, T, H)
-            state = tuple(s[:, :, -1] for s in states)
+            h_steps, _, state = self._cell_loop(ids, state)
+            out = torch.stack(h_steps[-1], dim=1)  # the top layer's h at every step: (B, T, H)
         else:
             raise ValueError(f"unknown path {path!r}; choose one of: {', '.join(PATHS)}")
         return self.head(out), state
@@ -193,7 +192,11 @@ class CharRNN(nn.Module):
         ``tuple(s[:, :, -1] for s in states)`` is the state ``forward`` returns. Computed by the
         cell path, because the fused module returns only the top layer's ``h`` at each step
         (this is what the visualiser shows)."""
-        states = self._cell_states(ids, state)
+        h_steps, c_steps, _ = self._cell_loop(ids, state)
+        states = tuple(
+            torch.stack([torch.stack(per_layer, dim=1) for per_layer in steps])  # (L, B, T, H)
+            for steps in ((h_steps, c_steps) if self.is_lstm else (h_steps,))
+        )
         return self.head(states[0][-1]), states
 
     def _fused(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
@@ -204,9 +207,14 @@ class CharRNN(nn.Module):
             out, new = self.rnn(x, state if self.is_lstm else state[0])
         return out, (tuple(new) if self.is_lstm else (new,))
 
-    def _cell_states(self, ids: torch.Tensor, state: State | None) -> State:
-        """The lecture's loop - one character at a time, through each layer in turn - keeping
-        every layer's state at every step: ``ids (B, T)`` -> tuple of ``(L, B, T, H)``."""
+    def _cell_loop(
+        self, ids: torch.Tensor, state: State | None
+    ) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]], State]:
+        """The lecture's loop - one character at a time, through each layer in turn.
+
+        ``ids (B, T)`` -> per layer, the list of its ``h`` after each step (each ``(B, H)``), the
+        same for ``c`` (LSTM; else empty lists), and the final state. Lists rather than stacked
+        tensors, so a caller stacks only what it needs."""
         batch, steps = ids.shape
         if state is None:
             state = self.zero_state(batch)
@@ -214,8 +222,9 @@ class CharRNN(nn.Module):
         cs = list(state[1].unbind(0)) if self.is_lstm else None
         weights = [self.layer_weights(layer) for layer in range(self.config.layers)]
         drop = self.config.dropout if (self.training and self.config.layers > 1) else 0.0
+        h_steps: list[list[torch.Tensor]] = [[] for _ in self._cells]
+        c_steps: list[list[torch.Tensor]] = [[] for _ in self._cells]
         x = self.embedding(ids)  # (B, T, E)
-        h_steps, c_steps = [], []  # per step: (L, B, H)
         for t in range(steps):
             inp = x[:, t]
             for layer, cell in enumerate(self._cells):
@@ -225,14 +234,13 @@ class CharRNN(nn.Module):
                     hs[layer], cs[layer] = functional_call(
                         cell, weights[layer], (inp, (hs[layer], cs[layer]))
                     )
+                    c_steps[layer].append(cs[layer])
                 else:
                     hs[layer] = functional_call(cell, weights[layer], (inp, hs[layer]))
+                h_steps[layer].append(hs[layer])
                 inp = hs[layer]
-            h_steps.append(torch.stack(hs))
-            if cs is not None:
-                c_steps.append(torch.stack(cs))
-        h = torch.stack(h_steps, dim=2)
-        return (h, torch.stack(c_steps, dim=2)) if cs is not None else (h,)
+        new = (torch.stack(hs), torch.stack(cs)) if cs is not None else (torch.stack(hs),)
+        return h_steps, c_steps, new
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
