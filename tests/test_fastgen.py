@@ -7,7 +7,7 @@ import torch
 from charloom import fastgen
 from charloom.errors import CharloomError
 from charloom.model import CharRNN, ModelConfig
-from charloom.sample import SampleSettings, generate_blocks, generate_ids, sample
+from charloom.sample import SampleSettings, SampleStream, generate_blocks, sample
 from charloom.vocab import Vocab
 
 pytestmark = pytest.mark.skipif(not fastgen.available(), reason="numba is not installed")
@@ -47,7 +47,8 @@ def test_draws_follow_the_distribution():
     model = CharRNN(ModelConfig(vocab_size=4, embed=4, hidden=4, layers=1))
     gen = fastgen.FastGenerator(model)
     logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4])).repeat(20000, 1)
-    ids, _, _ = gen.run(model.zero_state(20000), logits, torch.rand(1, 20000), 1.0, 0, 1.0, False)
+    u = torch.rand(1, 20000)
+    ids, _, _ = gen.run(model.zero_state(20000), logits, u, SampleSettings(temperature=1.0))
     freq = torch.bincount(ids[0], minlength=4).float() / 20000
     torch.testing.assert_close(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.015, rtol=0)
 
@@ -78,9 +79,10 @@ def test_run_in_pieces_equals_one_run():
     gen = fastgen.FastGenerator(model)
     u = torch.rand(64, 6, generator=torch.Generator().manual_seed(0))
     start = (model.zero_state(6), torch.randn(6, 30))
-    whole, state_w, logits_w = gen.run(*start, u, 0.9, 0, 1.0, False)
-    a, state, logits = gen.run(*start, u[:3], 0.9, 0, 1.0, False)
-    b, state, logits = gen.run(state, logits, u[3:], 0.9, 0, 1.0, False)
+    settings = SampleSettings(temperature=0.9)
+    whole, state_w, logits_w = gen.run(*start, u, settings)
+    a, state, logits = gen.run(*start, u[:3], settings)
+    b, state, logits = gen.run(state, logits, u[3:], settings)
     assert torch.equal(torch.cat([a, b]), whole)
     assert all(torch.equal(x, y) for x, y in zip(state, state_w))
     assert torch.equal(logits, logits_w)
@@ -112,12 +114,16 @@ def test_tanh_and_sigmoid_are_accurate():
 def test_blocks_stop_at_the_expected_length_then_go_on():
     torch.manual_seed(5)
     model = CharRNN(ModelConfig(vocab_size=12, embed=4, hidden=8, layers=1))
-    blocks = generate_blocks(
-        model, [1], SampleSettings(), 2, torch.Generator().manual_seed(9), "numba", steps=30
-    )
-    sizes = [len(next(blocks)) for _ in range(6)]
+    vocab = Vocab("corpus", tuple("abcdefghijkl"))
+
+    def blocks(engine):
+        stream = SampleStream(vocab, [1], 30, SampleSettings(), num_samples=2, seed=9)
+        return generate_blocks(model, stream, engine)
+
+    fast = blocks("numba")
+    sizes = [len(next(fast)) for _ in range(6)]
     assert sizes[:4] == [1, 4, 16, 9] and sum(sizes[:4]) == 30 and sizes[4] > 0
-    ref = generate_ids(model, [1], SampleSettings(), 2, torch.Generator().manual_seed(9), "torch")
-    fast = generate_ids(model, [1], SampleSettings(), 2, torch.Generator().manual_seed(9), "numba")
-    for _ in range(100):
-        assert torch.equal(next(ref), next(fast))
+    ref, fast = blocks("torch"), blocks("numba")
+    want = torch.cat([next(ref) for _ in range(100)])  # torch: one step per block
+    got = torch.cat([next(fast) for _ in range(6)])[:100]  # 1 + 4 + 16 + 9 + 64 + 64
+    assert want.shape == (100, 2) and torch.equal(got, want)

@@ -3,7 +3,13 @@ import torch
 
 from charloom.errors import CharloomError
 from charloom.model import CharRNN, ModelConfig
-from charloom.sample import SampleSettings, next_token_distribution, sample
+from charloom.sample import (
+    SampleSettings,
+    SampleStream,
+    generate_blocks,
+    next_token_distribution,
+    sample,
+)
 from charloom.vocab import Vocab
 
 
@@ -103,3 +109,27 @@ def test_a_tiny_temperature_is_nearly_greedy(model_and_vocab):
     model, vocab = model_and_vocab
     greedy = sample(model, vocab, "Th", 30, SampleSettings(greedy=True))
     assert sample(model, vocab, "Th", 30, SampleSettings(temperature=1e-40), seed=1) == greedy
+
+
+def test_a_stream_gives_exactly_length_characters_whatever_the_blocks(model_and_vocab):
+    model, vocab = model_and_vocab
+    ids = next(generate_blocks(model, SampleStream(vocab, "Th", 0), "torch"))
+    assert ids.shape == (1, 1)
+    drawn = torch.tensor(vocab.encode("abcdefgh" * 3)).long().view(-1, 2)  # (12 steps, 2)
+    whole = SampleStream(vocab, "Th", 9, num_samples=2)
+    assert whole.take(drawn) == ["acegacega", "bdfhbdfhb"] and whole.done
+    stepwise = SampleStream(vocab, "Th", 9, num_samples=2)
+    pieces = ["".join(p) for p in zip(*(stepwise.take(drawn[t : t + 1]) for t in range(12)))]
+    assert pieces == ["acegacega", "bdfhbdfhb"] and stepwise.done
+    assert SampleStream(vocab, [1, 2], 0).done
+
+
+def test_the_stream_text_is_the_sample_text(model_and_vocab):
+    model, vocab = model_and_vocab
+    stream = SampleStream(vocab, "Th", 40, SampleSettings(top_k=4), num_samples=2, seed=5)
+    texts = ["Th", "Th"]
+    for block in generate_blocks(model, stream, "torch"):
+        texts = [t + p for t, p in zip(texts, stream.take(block))]
+        if stream.done:
+            break
+    assert texts == sample(model, vocab, "Th", 40, SampleSettings(top_k=4), 2, seed=5)

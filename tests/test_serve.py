@@ -447,10 +447,11 @@ def test_a_failure_while_streaming_is_an_error_event(model):
     class FailsWhileStepping(torch.nn.Module):
         head = model.model.head
 
-        def forward(self, ids, state=None):
-            if ids.shape[1] == 1 and state is not None:  # the prime works, the steps do not
-                raise RuntimeError("out of memory, say")
+        def forward(self, ids, state=None):  # the prime works
             return model.model(ids, state)
+
+        def step(self, ids, state=None):  # the steps do not
+            raise RuntimeError("out of memory, say")
 
     async def scenario(client):
         scheduler.model = FailsWhileStepping()

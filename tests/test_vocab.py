@@ -19,7 +19,7 @@ def test_bytes_vocab_round_trips_any_text():
 def test_bytes_stream_decoder_waits_for_whole_characters():
     v = Vocab.build("bytes")
     dec = v.decoder()
-    pieces = [dec.feed(int(i)) for i in v.encode("🙂a")]
+    pieces = [dec.feed([int(i)]) for i in v.encode("🙂a")]
     assert pieces == ["", "", "", "🙂", "a"]
 
 
@@ -68,8 +68,8 @@ def test_decoding_blocks_equals_decoding_one_by_one(kind):
     v = Vocab.build(kind, text)
     ids = [int(i) for i in v.encode(text)]
     one = v.decoder()
-    expected = [one.feed(t) for t in ids]
+    expected = [one.feed([t]) for t in ids]
     many = v.decoder()
     # blocks that cut multi-byte characters in the middle
-    pieces = [many.feed_many(ids[i : i + 3]) for i in range(0, len(ids), 3)]
+    pieces = [many.feed(ids[i : i + 3]) for i in range(0, len(ids), 3)]
     assert "".join(pieces) == "".join(expected) == text

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .model import CharRNN
+from .sample import SampleSettings
 
 _KIND_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
 
@@ -380,32 +381,34 @@ class FastGenerator:
             raise RuntimeError("numba is not installed")
         cfg = model.config
         self.kind = _KIND_CODE[cfg.kind]
-        r = model.rnn
         hidden, gsize = cfg.hidden, cfg.gates * cfg.hidden
 
-        def f32(name: str) -> torch.Tensor:
-            return getattr(r, name).detach().to("cpu", torch.float32)
+        def f32(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", torch.float32)
 
         def dense(t: torch.Tensor) -> np.ndarray:
             return np.ascontiguousarray(t.numpy(), dtype=np.float32)
 
         with torch.no_grad():
+            layers = [
+                {name: f32(w) for name, w in model.layer_weights(i).items()}
+                for i in range(cfg.layers)
+            ]
             # GRU keeps the recurrent bias apart (its n gate scales it by r); LSTM and RNN add
             # it to the input part, so the summed gate inputs need one buffer.
             split = cfg.kind == "gru"
-            b_ih = [f32(f"bias_ih_l{i}") for i in range(cfg.layers)]
-            b_hh = [f32(f"bias_hh_l{i}") for i in range(cfg.layers)]
-            bias_in = [bi if split else bi + bh for bi, bh in zip(b_ih, b_hh)]
+            b_hh = [w["bias_hh"] for w in layers]
+            bias_in = [w["bias_ih"] if split else w["bias_ih"] + w["bias_hh"] for w in layers]
             # Layer 0's input projection of every character, precomputed: a table lookup.
-            emb = model.embedding.weight.detach().to("cpu", torch.float32)
-            self.table = dense(emb @ f32("weight_ih_l0").T + bias_in[0])
-            w_ih = [dense(f32(f"weight_ih_l{i}").T) for i in range(1, cfg.layers)]
+            emb = f32(model.embedding.weight)
+            self.table = dense(emb @ layers[0]["weight_ih"].T + bias_in[0])
+            w_ih = [dense(w["weight_ih"].T) for w in layers[1:]]
             self.w_ih = np.stack(w_ih) if w_ih else np.zeros((1, hidden, gsize), np.float32)
             self.bias_in = dense(torch.stack(bias_in))
             self.b_hh = dense(torch.stack(b_hh))
-            self.w_hh = np.stack([dense(f32(f"weight_hh_l{i}").T) for i in range(cfg.layers)])
-            self.head_w = dense(model.head.weight.detach().to("cpu", torch.float32).T)
-            self.head_b = dense(model.head.bias.detach().to("cpu", torch.float32))
+            self.w_hh = np.stack([dense(w["weight_hh"].T) for w in layers])
+            self.head_w = dense(f32(model.head.weight).T)
+            self.head_b = dense(f32(model.head.bias))
         self.is_lstm = cfg.kind == "lstm"
 
     def run(
@@ -413,12 +416,10 @@ class FastGenerator:
         state: tuple[torch.Tensor, ...],
         logits: torch.Tensor,
         uniforms: torch.Tensor,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        greedy: bool,
+        settings: SampleSettings,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
-        """Draw ``uniforms.shape[0]`` characters for each of B streams.
+        """Draw ``uniforms.shape[0]`` characters for each of B streams (the interface of
+        ``sample.TorchGenerator``, so a caller can drive either).
 
         ``state``: tuple of (L, B, H); ``logits (B, V)``: the distribution for the first draw;
         ``uniforms (steps, B)``. Returns ids ``(steps, B)``, the new state and the logits after
@@ -435,11 +436,14 @@ class FastGenerator:
         streams = u.shape[1]
         blocks = min(numba.get_num_threads(), streams // _STREAMS_PER_THREAD)
         weights = (self.table, self.w_ih, self.bias_in, self.w_hh, self.b_hh, self.head_w)
-        rest = (self.head_b, h, c, lg, u, np.float32(temperature), top_k, np.float32(top_p))
+        # The kernel's encoding of the settings: top-k 0 (or >= V) and top-p 1 keep everything.
+        top_k = min(settings.top_k or 0, lg.shape[1])
+        top_p = np.float32(1.0 if settings.top_p is None else settings.top_p)
+        rest = (self.head_b, h, c, lg, u, np.float32(settings.temperature), top_k, top_p)
         if blocks > 1:
-            _generate_parallel(blocks, self.kind, *weights, *rest, greedy, out)
+            _generate_parallel(blocks, self.kind, *weights, *rest, settings.greedy, out)
         else:
-            _run_block(self.kind, 0, streams, *weights, *rest, greedy, out)
+            _run_block(self.kind, 0, streams, *weights, *rest, settings.greedy, out)
         new_state = (
             (torch.from_numpy(h), torch.from_numpy(c)) if self.is_lstm else (torch.from_numpy(h),)
         )

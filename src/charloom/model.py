@@ -13,6 +13,11 @@ stepped one character at a time, layer by layer. Both read the *same* parameters
 borrows the fused module's weights with ``torch.func.functional_call`` - so a checkpoint has one
 set of names, and the slow, obviously-correct path is the reference the fast one is tested
 against.
+
+The public ways in: ``forward`` (a sequence), ``step`` (one character per sequence, for
+generators), ``forward_with_states`` (every layer's state at every step, for the visualiser) and
+``layer_weights`` (a layer's recurrent parameters, for anything that computes the recurrence
+itself, such as the compiled generator in ``fastgen.py``).
 """
 
 from __future__ import annotations
@@ -136,6 +141,24 @@ class CharRNN(nn.Module):
         z = torch.zeros(shape, device=device or p.device, dtype=dtype or p.dtype)
         return (z, z.clone()) if self.is_lstm else (z,)
 
+    def layer_weights(self, layer: int) -> dict[str, torch.Tensor]:
+        """Layer ``layer``'s recurrent parameters (0-based), named as ``nn.LSTMCell`` names them.
+
+        ``weight_ih (G*H, In)``, ``weight_hh (G*H, H)``, ``bias_ih (G*H,)``, ``bias_hh (G*H,)``,
+        with ``G = config.gates`` blocks of rows in torch's gate order (LSTM: i, f, g, o; GRU:
+        r, z, n) and ``In`` the embedding size for layer 0, else ``H``. These are the live
+        parameters of the fused module, not copies: the one place every other reader of the
+        recurrent weights (the cell path, the compiled generator) gets them from."""
+        if isinstance(layer, bool) or not 0 <= layer < self.config.layers:
+            raise IndexError(f"layer {layer!r} is not in 0..{self.config.layers - 1}")
+        r = self.rnn
+        return {
+            "weight_ih": getattr(r, f"weight_ih_l{layer}"),
+            "weight_hh": getattr(r, f"weight_hh_l{layer}"),
+            "bias_ih": getattr(r, f"bias_ih_l{layer}"),
+            "bias_hh": getattr(r, f"bias_hh_l{layer}"),
+        }
+
     def forward(
         self, ids: torch.Tensor, state: State | None = None, path: str = "fused"
     ) -> tuple[torch.Tensor, State]:
@@ -143,10 +166,38 @@ class CharRNN(nn.Module):
         if path == "fused":
             out, state = self._fused(ids, state)
         elif path == "cell":
-            out, state = self._cell(ids, state)
+            h_steps, _, state = self._cell_loop(ids, state)
+            out = torch.stack(h_steps[-1], dim=1)  # the top layer's h at every step: (B, T, H)
         else:
-            raise ValueError(f"unknown path {path!r}")
+            raise ValueError(f"unknown path {path!r}; choose one of: {', '.join(PATHS)}")
         return self.head(out), state
+
+    def step(
+        self, ids: torch.Tensor, state: State | None = None, path: str = "fused"
+    ) -> tuple[torch.Tensor, State]:
+        """One character per sequence: ``ids (B,)`` -> ``logits (B, V)``, new state.
+
+        What a generator calls once per drawn character; ``forward`` on a one-step sequence,
+        so the text drawn one step at a time is the text ``forward`` scores."""
+        logits, state = self.forward(ids.unsqueeze(1), state, path)
+        return logits[:, 0], state
+
+    def forward_with_states(
+        self, ids: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """``ids (B, T)`` -> ``logits (B, T, V)`` and every layer's state after every character.
+
+        The states are laid out as a :data:`State` with a time axis: a tuple of
+        ``(L, B, T, H)`` tensors, ``(h, c)`` for an LSTM and ``(h,)`` otherwise, so
+        ``tuple(s[:, :, -1] for s in states)`` is the state ``forward`` returns. Computed by the
+        cell path, because the fused module returns only the top layer's ``h`` at each step
+        (this is what the visualiser shows)."""
+        h_steps, c_steps, _ = self._cell_loop(ids, state)
+        states = tuple(
+            torch.stack([torch.stack(per_layer, dim=1) for per_layer in steps])  # (L, B, T, H)
+            for steps in ((h_steps, c_steps) if self.is_lstm else (h_steps,))
+        )
+        return self.head(states[0][-1]), states
 
     def _fused(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
         x = self.embedding(ids)
@@ -156,26 +207,24 @@ class CharRNN(nn.Module):
             out, new = self.rnn(x, state if self.is_lstm else state[0])
         return out, (tuple(new) if self.is_lstm else (new,))
 
-    def _cell_weights(self, layer: int) -> dict[str, torch.Tensor]:
-        r = self.rnn
-        return {
-            "weight_ih": getattr(r, f"weight_ih_l{layer}"),
-            "weight_hh": getattr(r, f"weight_hh_l{layer}"),
-            "bias_ih": getattr(r, f"bias_ih_l{layer}"),
-            "bias_hh": getattr(r, f"bias_hh_l{layer}"),
-        }
+    def _cell_loop(
+        self, ids: torch.Tensor, state: State | None
+    ) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]], State]:
+        """The lecture's loop - one character at a time, through each layer in turn.
 
-    def _cell(self, ids: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        # The lecture's loop: one character at a time, through each layer in turn.
+        ``ids (B, T)`` -> per layer, the list of its ``h`` after each step (each ``(B, H)``), the
+        same for ``c`` (LSTM; else empty lists), and the final state. Lists rather than stacked
+        tensors, so a caller stacks only what it needs."""
         batch, steps = ids.shape
         if state is None:
             state = self.zero_state(batch)
         hs = list(state[0].unbind(0))
         cs = list(state[1].unbind(0)) if self.is_lstm else None
-        weights = [self._cell_weights(layer) for layer in range(self.config.layers)]
+        weights = [self.layer_weights(layer) for layer in range(self.config.layers)]
         drop = self.config.dropout if (self.training and self.config.layers > 1) else 0.0
+        h_steps: list[list[torch.Tensor]] = [[] for _ in self._cells]
+        c_steps: list[list[torch.Tensor]] = [[] for _ in self._cells]
         x = self.embedding(ids)  # (B, T, E)
-        outputs = []
         for t in range(steps):
             inp = x[:, t]
             for layer, cell in enumerate(self._cells):
@@ -185,13 +234,13 @@ class CharRNN(nn.Module):
                     hs[layer], cs[layer] = functional_call(
                         cell, weights[layer], (inp, (hs[layer], cs[layer]))
                     )
+                    c_steps[layer].append(cs[layer])
                 else:
                     hs[layer] = functional_call(cell, weights[layer], (inp, hs[layer]))
+                h_steps[layer].append(hs[layer])
                 inp = hs[layer]
-            outputs.append(inp)
-        out = torch.stack(outputs, dim=1)  # (B, T, H)
         new = (torch.stack(hs), torch.stack(cs)) if cs is not None else (torch.stack(hs),)
-        return out, new
+        return h_steps, c_steps, new
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

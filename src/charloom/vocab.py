@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -149,7 +150,9 @@ class Vocab:
 
 
 class StreamDecoder:
-    """Turns ids into text step by step; in bytes mode it waits for complete UTF-8 sequences."""
+    """Turns ids into text as they are drawn, for one sample; in bytes mode it holds back an
+    incomplete UTF-8 sequence until its last byte arrives, so a caller never shows half a
+    character (and counts characters, not bytes)."""
 
     def __init__(self, vocab: Vocab) -> None:
         self.vocab = vocab
@@ -157,17 +160,10 @@ class StreamDecoder:
             codecs.getincrementaldecoder("utf-8")("replace") if vocab.kind == "bytes" else None
         )
 
-    def feed(self, token: int) -> str:
-        if self._utf8 is None:
-            return self.vocab.chars[token]
-        return self._utf8.decode(bytes([token]))
-
-    def feed_many(self, tokens: list[int]) -> str:
-        """The text of several ids at once (the same as feeding them one by one)."""
+    def feed(self, ids: Sequence[int]) -> str:
+        """The text that ``ids`` (the next ids of the sample, any number) complete; feeding a
+        block gives the same text as feeding its ids one by one."""
         if self._utf8 is None:
             chars = self.vocab.chars
-            return "".join([chars[t] for t in tokens])
-        return self._utf8.decode(bytes(tokens))
-
-    def flush(self) -> str:
-        return self._utf8.decode(b"", final=True) if self._utf8 is not None else ""
+            return "".join([chars[t] for t in ids])
+        return self._utf8.decode(bytes(ids))

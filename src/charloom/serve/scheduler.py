@@ -34,8 +34,15 @@ import torch
 
 from ..errors import CharloomError
 from ..model import CharRNN
-from ..sample import SampleSettings, Uniforms, _generator, next_token_distribution, pick
-from ..vocab import StreamDecoder, Vocab
+from ..sample import (
+    SampleSettings,
+    SampleStream,
+    Uniforms,
+    next_token_distribution,
+    pick,
+    seeded_generator,
+)
+from ..vocab import Vocab
 
 log = logging.getLogger("charloom.serve")
 
@@ -57,15 +64,13 @@ class GenerateJob:
     length: int
     num_samples: int = 1
     seed: int | None = None
-    # Run-time fields. The worker thread owns the tensors and the text made so far; the event
-    # loop only sets ``cancelled`` and reads what the worker delivers through ``queue``.
+    # Run-time fields. The worker thread owns the stream, the tensors and the text made so far;
+    # the event loop only sets ``cancelled`` and reads what the worker delivers through ``queue``.
     cancelled: bool = False
     finished: bool = False
+    stream: SampleStream | None = None  # the text bookkeeping and random numbers, as the CLI's
     state: tuple[torch.Tensor, ...] = ()
     logits: torch.Tensor | None = None
-    uniforms: Uniforms | None = None  # a seeded job's own random numbers
-    decoders: list[StreamDecoder] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)
     fresh: list[list[str]] = field(default_factory=list)  # text made since the last delivery
     queue: asyncio.Queue | None = None  # what the worker delivers, read on the event loop
     loop: asyncio.AbstractEventLoop | None = None
@@ -74,23 +79,23 @@ class GenerateJob:
     def rows(self) -> int:
         return self.num_samples
 
+    @property
+    def uniforms(self) -> Uniforms | None:
+        """A seeded job's own random numbers (its stream's, drawn the same way as
+        ``charloom sample --seed`` draws them); ``None`` for an unseeded job, which shares the
+        scheduler's."""
+        return self.stream.uniforms if self.stream is not None and self.seed is not None else None
+
     def prime(self, model: CharRNN, vocab: Vocab) -> None:
         """Run the prime once (one row) and give every sample a copy of the resulting state."""
-        device = model.head.weight.device
-        if self.seed is not None:
-            # The same random numbers, drawn the same way, as charloom.sample uses for a seed.
-            self.uniforms = Uniforms(self.num_samples, _generator(self.seed))
-        self.decoders = [vocab.decoder() for _ in range(self.num_samples)]
-        self.counts = [0] * self.num_samples
+        self.stream = SampleStream(
+            vocab, self.prime_ids, self.length, self.settings, self.num_samples, self.seed
+        )
         self.fresh = [[] for _ in range(self.num_samples)]
-        if self.length == 0:
+        if self.stream.done:  # length 0
             self.finished = True
             return
-        x = torch.tensor(self.prime_ids, device=device, dtype=torch.long).unsqueeze(0)
-        logits, state = model(x)
-        n = self.num_samples
-        self.state = tuple(s.expand(-1, n, -1).contiguous() for s in state)
-        self.logits = logits[:, -1].expand(n, -1).contiguous()
+        self.state, self.logits = self.stream.start(model)
 
     def group_key(self) -> tuple:
         """Jobs with the same key are sampled in one call: unseeded jobs with the same settings
@@ -102,16 +107,12 @@ class GenerateJob:
             return ("shared", self.settings.temperature, self.settings.top_k, self.settings.top_p)
         return ("seeded", id(self))
 
-    def take(self, tokens: list[int]) -> None:
-        """Decode this job's newly picked ids (one per sample) into its fresh text."""
-        for i, token in enumerate(tokens):
-            if self.counts[i] >= self.length:
-                continue
-            piece = self.decoders[i].feed(token)[: self.length - self.counts[i]]
+    def take(self, ids: torch.Tensor) -> None:
+        """Decode this job's newly drawn ``ids (steps, num_samples)`` into its fresh text."""
+        for pieces, piece in zip(self.fresh, self.stream.take(ids)):
             if piece:
-                self.counts[i] += len(piece)
-                self.fresh[i].append(piece)
-        if min(self.counts) >= self.length:
+                pieces.append(piece)
+        if self.stream.done:
             self.finished = True
 
     def take_fresh(self) -> list[str]:
@@ -156,7 +157,7 @@ class Scheduler:
         self.max_active = max_active
         self.chunk_s = chunk_ms / 1000
         # Unseeded requests share one generator, so they can be sampled in one call.
-        self._shared = _generator(None)
+        self._shared = seeded_generator(None)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -292,7 +293,7 @@ class Scheduler:
             with torch.inference_mode():
                 ids = torch.zeros(2, 2, dtype=torch.long, device=self.model.head.weight.device)
                 _, state = self.model(ids)
-                self.model(ids[:, :1], state)
+                self.model.step(ids[:, 0], state)
         except Exception:  # a model that fails here fails on its first request too, visibly
             log.exception("warm-up failed")
         jobs: list[GenerateJob] = []
@@ -390,14 +391,14 @@ class Scheduler:
                     u = torch.rand(g.stop - g.start, generator=self._shared)
                 chosen = pick(logits[g.start : g.stop], g.settings, u)
                 ids[g.start : g.stop] = chosen
-                tokens = chosen.tolist()
+                block = chosen.cpu().unsqueeze(0)  # (1 step, rows of the group)
                 for job, a, b in live:
-                    job.take(tokens[a:b])
+                    job.take(block[:, a:b])
                     completed = completed or job.finished
             if all(job.finished or job.cancelled for job in jobs):
                 break
-            out, state = self.model(ids.unsqueeze(1), state)
-            logits = out[:, -1]
+            step_logits, state = self.model.step(ids, state)
+            logits = step_logits.float()
             # End the chunk early when a job is complete, so that its answer goes out at once,
             # or when a new one waits, so that it joins at once.
             arrived = interruptible and not self._inbox.empty()

@@ -202,13 +202,7 @@ def _feature_matrix(features: Sequence[Feature]) -> np.ndarray:
     return np.stack([f.values for f in features], axis=1)
 
 
-def unit_stats(acts: np.ndarray, features: Sequence[Feature]) -> UnitStats:
-    """Each unit's best-matching feature among ``features`` (already filtered by :func:`usable`)."""
-    r = correlations(acts.astype(np.float64), _feature_matrix(features)) if features else None
-    return _stats(acts, r)
-
-
-def _stats(acts: np.ndarray, r: np.ndarray | None) -> UnitStats:
+def _unit_stats(acts: np.ndarray, r: np.ndarray | None) -> UnitStats:
     n_units = acts.shape[1]
     std = acts.std(axis=0)
     if r is None:
@@ -237,7 +231,7 @@ def rank_units(
         key: None if fmat is None else correlations(acts.astype(np.float64), fmat)
         for key, acts in states.items()
     }
-    stats = {key: _stats(acts, mats[key]) for key, acts in states.items()}
+    stats = {key: _unit_stats(acts, mats[key]) for key, acts in states.items()}
     taken: set[tuple[str, int]] = set()
     by_feature: list[Finding] = []
     # Greedy over every (unit, feature) pair, strongest first: a unit is listed once, and a

@@ -12,9 +12,8 @@ The pass starts from the zero state and carries it through the whole text, which
 ``charloom eval`` does for a text shorter than two of its chunks (4096 characters), so the mean
 of ``surprisal`` over characters 1..N-1 equals the eval's bits per character.
 
-The steps use the model's own weights through ``torch.func.functional_call`` on per-step cells,
-exactly as :meth:`CharRNN._cell` does, because the fused ``nn.LSTM`` returns only the top layer's
-outputs and never the cell states.
+The states come from :meth:`CharRNN.forward_with_states` (the model's per-step cell path),
+because the fused ``nn.LSTM`` returns only the top layer's outputs and never the cell states.
 """
 
 from __future__ import annotations
@@ -25,12 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call
 
 from ..model import CharRNN
-
-_CELLS = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
 
 #: State kinds and their names on the page.
 STATE_NAMES = {"h": "hidden state", "c": "cell state"}
@@ -63,34 +58,18 @@ def trace_ids(model: CharRNN, ids: np.ndarray, top_k: int = 5) -> Trace:
     """Step ``model`` over ``ids (N,)`` from the zero state; see :class:`Trace`."""
     if len(ids) < 1:
         raise ValueError("nothing to trace")
-    cfg = model.config
     was_training = model.training
     model.eval()
     device = model.head.weight.device
     try:
-        x = model.embedding(torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device))
+        x = torch.as_tensor(np.asarray(ids, dtype=np.int64), device=device).unsqueeze(0)
+        # One step per character: slow for long texts, but a page shows a few thousand.
+        logits, every = model.forward_with_states(x)  # (1, N, V); each (L, 1, N, H)
         states: dict[tuple[int, str], np.ndarray] = {}
-        for layer in range(cfg.layers):
-            cell = _CELLS[cfg.kind](x.shape[1], cfg.hidden, device="meta")
-            weights = model._cell_weights(layer)
-            # One step per character: slow for long texts, but a page shows a few thousand.
-            h = torch.zeros(1, cfg.hidden, device=device, dtype=x.dtype)
-            c = torch.zeros_like(h) if cfg.kind == "lstm" else None
-            hs, cs = [], []
-            for t in range(x.shape[0]):
-                inp = x[t : t + 1]
-                if c is not None:
-                    h, c = functional_call(cell, weights, (inp, (h, c)))
-                    cs.append(c)
-                else:
-                    h = functional_call(cell, weights, (inp, h))
-                hs.append(h)
-            out = torch.cat(hs)  # (N, H): the next layer's input
-            states[(layer + 1, "h")] = out.float().cpu().numpy()
-            if cs:
-                states[(layer + 1, "c")] = torch.cat(cs).float().cpu().numpy()
-            x = out
-        logp = F.log_softmax(model.head(x).float(), dim=-1)  # (N, V): next-char predictions
+        for layer in range(model.config.layers):
+            for kind, per_layer in zip(state_kinds(model.config.kind), every):
+                states[(layer + 1, kind)] = per_layer[layer, 0].float().cpu().numpy()  # (N, H)
+        logp = F.log_softmax(logits[0].float(), dim=-1)  # (N, V): next-char predictions
     finally:
         model.train(was_training)
     k = min(top_k, logp.shape[1])
