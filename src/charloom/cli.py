@@ -402,7 +402,6 @@ def _check_train_args(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from .presets import preset_config
-    from .reporting import attach_reporting
     from .train import load_trainer, train
 
     overrides = _overrides(args)
@@ -415,8 +414,8 @@ def _train(args: argparse.Namespace) -> int:
                 f"{bad} cannot be given with --resume: a resumed run keeps its settings "
                 "(only the budget and reporting can change)"
             )
-        trainer = load_trainer(args.resume, overrides)
-        attach_reporting(trainer, console=console, bar=not args.no_bar)
+        bar = not args.no_bar
+        trainer = load_trainer(args.resume, overrides, console=console, progress_bar=bar)
         trainer.run()
         return 0
     config = preset_config(args.preset, **overrides)

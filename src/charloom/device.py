@@ -65,12 +65,12 @@ def cpu_has_bf16_lstm() -> bool:
 
 def check_precision(precision: str, device: torch.device, kind: str) -> None:
     """Refuse, before training starts, a precision the device cannot run for ``kind``."""
-    if precision == "bf16" and device.type == "cpu" and kind == "lstm":
-        if not cpu_has_bf16_lstm():
-            raise CharloomError(
-                "--precision bf16 needs a CPU with AVX-512 (this one has no bf16 LSTM kernel); "
-                "use --precision fp32 or auto, or --model gru"
-            )
+    cpu_lstm = device.type == "cpu" and kind == "lstm"
+    if precision == "bf16" and cpu_lstm and not cpu_has_bf16_lstm():
+        raise CharloomError(
+            "--precision bf16 needs a CPU with AVX-512 (this one has no bf16 LSTM kernel); "
+            "use --precision fp32 or auto, or --model gru"
+        )
 
 
 def autocast(device: torch.device, precision: str):
