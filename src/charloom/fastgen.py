@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .model import CharRNN
-from .sample import SampleSettings
+from .nextchar import SampleSettings
 
 _KIND_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
 

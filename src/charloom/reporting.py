@@ -7,15 +7,56 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import torch
 
 from . import rundir
+from .config import TrainConfig
+from .data import TrainData
 from .errors import CharloomError
+from .evaluate import EvalResult
+from .model import CharRNN
 from .plot import plot_run
 from .schedule import EVAL_SHARE
 
-if TYPE_CHECKING:  # for annotations only: the trainer imports this module, not the reverse
-    from .train import Trainer
+
+class Trainer(Protocol):
+    """What reporters read of a training run (``train.Trainer`` is one). Declared here so that
+    reporting depends on the trainer's shape, not on its module: the trainer imports this one."""
+
+    config: TrainConfig
+    data: TrainData
+    run_dir: Path
+    device: torch.device
+    model: CharRNN
+    lr: float
+    last_loss: float
+    window_loss: float
+    chars_per_s: float
+    sample_text: str
+    last_val: EvalResult | None
+    best_val: float | None
+    best_iter: int | None
+    resumed_from: Path | None
+    resume_note: str | None
+    sizing_note: str | None
+
+    @property
+    def iteration(self) -> int: ...
+    @property
+    def elapsed(self) -> float: ...
+    @property
+    def interrupted(self) -> int | None: ...
+    @property
+    def has_validation(self) -> bool: ...
+    @property
+    def overhead_share(self) -> float: ...
+    @property
+    def is_main(self) -> bool: ...
+    def add_callback(self, event: str, fn: Callable[..., object]) -> None: ...
 
 
 def require_tensorboard():

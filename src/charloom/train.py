@@ -280,32 +280,7 @@ class Trainer:
                 return self._loop(stop_at)
             if self.dist.is_main:
                 return distributed.lead(lambda: self._loop(stop_at), self._command)
-            return self._follow()
-
-    def _follow(self) -> TrainResult:
-        """A rank other than 0: step, evaluate and checkpoint when rank 0 says so."""
-
-        def step(lr: float) -> None:
-            self.lr = lr
-            self.step.take(self.batches, lr, self.iteration)
-            self.clock.iteration += 1
-            self.chars_seen += self.config.batch_size * self.config.seq_len
-
-        def evaluate(_: float) -> None:
-            self.last_val = self.evaluate()
-            self.model.train()
-
-        handlers = {
-            distributed.STEP: step,
-            distributed.EVAL: evaluate,
-            distributed.SAVE: lambda _: self.save(),
-        }
-        signum = distributed.follow(self._command, handlers)
-        self._fire("end")
-        if signum:
-            raise TrainingInterrupted(int(signum), self.run_dir, self.iteration)
-        val = self.last_val.loss if self.last_val else None
-        return TrainResult(self.run_dir, self.iteration, float("nan"), val, None, self.elapsed)
+            return _follow(self)
 
     def _loop(self, stop_at: int | None) -> TrainResult:
         cfg, clock = self.config, self.clock
@@ -376,6 +351,32 @@ class Trainer:
             best_val_loss=self.best_val,
             elapsed=self.elapsed,
         )
+
+
+def _follow(trainer: Trainer) -> TrainResult:
+    """A rank other than 0: step, evaluate and checkpoint when rank 0 says so."""
+
+    def step(lr: float) -> None:
+        trainer.lr = lr
+        trainer.step.take(trainer.batches, lr, trainer.iteration)
+        trainer.clock.iteration += 1
+        trainer.chars_seen += trainer.config.batch_size * trainer.config.seq_len
+
+    def evaluate(_: float) -> None:
+        trainer.last_val = trainer.evaluate()
+        trainer.model.train()
+
+    handlers = {
+        distributed.STEP: step,
+        distributed.EVAL: evaluate,
+        distributed.SAVE: lambda _: trainer.save(),
+    }
+    signum = distributed.follow(trainer._command, handlers)
+    trainer._fire("end")
+    if signum:
+        raise TrainingInterrupted(int(signum), trainer.run_dir, trainer.iteration)
+    val = trainer.last_val.loss if trainer.last_val else None
+    return TrainResult(trainer.run_dir, trainer.iteration, float("nan"), val, None, trainer.elapsed)
 
 
 # --- the public entry points -----------------------------------------------------------------

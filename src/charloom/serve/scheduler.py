@@ -34,14 +34,8 @@ import torch
 
 from ..errors import CharloomError
 from ..model import CharRNN
-from ..sample import (
-    SampleSettings,
-    SampleStream,
-    Uniforms,
-    next_token_distribution,
-    pick,
-    seeded_generator,
-)
+from ..nextchar import SampleSettings, Uniforms, next_token_distribution, pick
+from ..sample import SampleStream, seeded_generator
 from ..vocab import Vocab
 
 log = logging.getLogger("charloom.serve")
