@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import TINY_FLAGS
 
-from charloom.cli import main
+from charloom.commands import main
 
 TINY = [
     *TINY_FLAGS,

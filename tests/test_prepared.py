@@ -14,7 +14,7 @@ from conftest import tiny_overrides
 
 import charloom
 from charloom.checkpoint import load_checkpoint
-from charloom.cli import main
+from charloom.commands import main
 from charloom.corpus import AsciiNormaliser, iter_text, normalise_ascii, read_files
 from charloom.prepared import IDS_FILE, META_FILE, load_prepared, open_prepared, prepare
 from charloom.reporting import attach_reporting

@@ -2,7 +2,10 @@
 quality per minute, measured side by side in one run on this machine.
 
     charloom bench [--quick] [--json] [--data tinyshakespeare.txt]
-    python -m charloom.bench ...
+
+The quality runs train on the text given with ``--data``, else on the file named by the
+environment variable ``CHARLOOM_BENCH_DATA``, else on the built-in python-docs corpus; the
+results say which.
 
 Every speed is a ratio against a reference measured in the same process: the lecture's per-step
 training loop, the lecture's per-character sampling loop, and square matrix multiplications for
@@ -11,7 +14,6 @@ the machine's arithmetic peak. Nothing here passes or fails: it reports what it 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
+from .errors import CharloomError
 from .model import CharRNN, ModelConfig
 from .presets import preset_config
 from .sample import SampleSettings, sample
@@ -171,9 +174,32 @@ def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
     }
 
 
+#: The environment variable naming the quality runs' text when ``--data`` is not given.
+DATA_ENV = "CHARLOOM_BENCH_DATA"
+#: What ``results["data"]`` says when the quality runs used the built-in corpus.
+BUILTIN_DATA = "the built-in python-docs corpus"
+
+
+def choose_data(data: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """The quality runs' text and where it came from: ``data`` (``--data``), else the file
+    named by ``$CHARLOOM_BENCH_DATA``, else ``None`` - the built-in corpus. An installed
+    package cannot know where a repository keeps its data, so the user says, or gets a text
+    that is always there."""
+    origin = "--data"
+    if data is None and os.environ.get(DATA_ENV):
+        data, origin = os.environ[DATA_ENV], DATA_ENV
+    if data is None:
+        return None, f"{BUILTIN_DATA} (no --data, {DATA_ENV} not set)"
+    if not os.path.isfile(data):
+        where = f" (from {DATA_ENV})" if origin == DATA_ENV else ""
+        raise CharloomError(f"no such file: {str(data)!r}{where}")
+    return Path(data), f"{data} (from {origin})"
+
+
 def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
-    """Run the suite; returns the JSON object (see the module docstring)."""
-    results: dict = {"machine": machine(), "quick": quick}
+    """Run the suite; returns the JSON object (see the module docstring). ``data``: the quality
+    runs' text (see :func:`choose_data`), ``None`` for the built-in corpus."""
+    results: dict = {"machine": machine(), "quick": quick, "data": str(data or BUILTIN_DATA)}
     text = data.read_text(encoding="utf-8") if data else _fallback_text()
     # --quick: shorter timings (noisier ratios), the whole 90 s quality run, no 5 min run.
     min_time = 0.5 if quick else 3.0
@@ -251,6 +277,7 @@ def table(results: dict) -> str:
     r = results
     fp32, bf16 = r["efficiency"]["fp32"], r["efficiency"]["bf16"]
     rows = [
+        ("quality-run text", r.get("data", "-")),
         ("training, seed loop (chars/s)", f"{r['train_seed_chars_per_s']:,.0f}"),
         (
             f"training, fast path {r['train_fast_batch']} {r['train_fast_precision']} (chars/s)",
@@ -295,40 +322,7 @@ def table(results: dict) -> str:
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="charloom bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="under 2 minutes; skips the 5 m run")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument(
-        "--data",
-        type=Path,
-        default=_default_data(),
-        help="text for the quality runs (default: tiny shakespeare if found)",
-    )
-    args = ap.parse_args(argv)
+if __name__ == "__main__":  # python -m charloom.bench: the same as charloom bench
+    from .commands import main
 
-    start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:5.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    results = run(quick=args.quick, data=args.data, log=log)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print(f"machine: {results['machine']}")
-        print(table(results))
-    return 0
-
-
-def _default_data() -> Path | None:
-    here = Path(__file__).resolve()
-    for parent in [Path.cwd(), *here.parents]:
-        cand = parent.parent / "shared" / "data" / "tinyshakespeare.txt"
-        if cand.exists():
-            return cand
-    return None
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["bench", *sys.argv[1:]]))
