@@ -300,6 +300,7 @@ def table(results: dict) -> str:
             f"{bf16['chars_per_s']:,.0f}, {bf16['model_gflops']:,.1f}",
         ),
         ("fp32 efficiency (of fp32 peak)", f"{r['fp32_efficiency']:.2f}"),
+        ("bf16 efficiency (of bf16 peak)", f"{r['bf16_efficiency_vs_bf16_peak']:.2f}"),
         ("bf16 / fp32 chars/s", f"{r['bf16_over_fp32']:.2f}x"),
         ("generation, lecture loop (chars/s)", f"{r['gen_lecture_chars_per_s']:,.0f}"),
         ("generation, one stream (chars/s)", f"{r['gen_chars_per_s']:,.0f}"),
