@@ -382,6 +382,7 @@ def test_resume_of_run_without_latest(run_copy, capsys):
     [
         (["--hidden", "64"], "--hidden"),
         (["--lr", "0.1"], "--lr"),
+        (["--model", "gru"], "--model cannot"),  # named as the user spelled it
         (["--preset", "tiny"], "--preset"),
         (["--out", "elsewhere"], "--out"),
     ],
