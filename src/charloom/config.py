@@ -2,6 +2,11 @@
 
 Precedence, lowest first: the defaults below, then a preset (``presets.py``), then what the user
 gives (CLI flags or keyword arguments).
+
+The rules about settings live here too, so that the command line and the Python API apply the
+same ones: which settings a resumed run may change (:data:`RESUMABLE`,
+:func:`check_resume_overrides`) and how many processes can share a batch
+(:meth:`TrainConfig.check_processes`). Each field's metadata describes its command-line flag.
 """
 
 from __future__ import annotations
@@ -107,9 +112,7 @@ class TrainConfig:
     optimizer: str = _setting("adamw", "the optimiser", choices=OPTIMIZERS)
     lr: float = _setting(3e-3, "peak learning rate")
     weight_decay: float = _setting(0.0, "weight decay (adamw only)")
-    grad_clip: float | None = _setting(
-        1.0, "max gradient norm, or 'none'", type=parse_grad_clip
-    )
+    grad_clip: float | None = _setting(1.0, "max gradient norm, or 'none'", type=parse_grad_clip)
     schedule: str = _setting(
         "cosine", "learning rate after the warm-up: cosine decay or constant", choices=SCHEDULES
     )
