@@ -1,6 +1,12 @@
-"""The benchmark suite's pieces, at toy sizes (the suite itself runs for minutes)."""
+"""The benchmark suite's pieces, at toy sizes (the suite itself runs for minutes).
 
+No assertion here depends on how fast this machine is: clocks are replaced by fake ones where a
+rate is checked, and the suite's derived figures are checked against the components it measured.
+"""
+
+import json
 import string
+import types
 
 import pytest
 import torch
@@ -15,6 +21,17 @@ def seed_size_model():
     return CharRNN(ModelConfig(vocab_size=100, **bench.SEED_SIZE)).eval()
 
 
+def fake_clock(step: float = 1.0):
+    """A stand-in for the ``time`` module whose clock advances ``step`` seconds per reading."""
+    now = [0.0]
+
+    def perf_counter() -> float:
+        now[0] += step
+        return now[0]
+
+    return types.SimpleNamespace(perf_counter=perf_counter, now=now)
+
+
 def test_lecture_loop_writes_printable_text(seed_size_model):
     text = bench._Lecture(seed_size_model).generate(40)
     assert len(text) == 41 and text[0] == "T"
@@ -22,34 +39,204 @@ def test_lecture_loop_writes_printable_text(seed_size_model):
 
 
 @pytest.mark.parametrize("streams", [1, 5])
-def test_generation_speed_counts_new_characters(seed_size_model, streams):
-    assert bench.generation_chars_per_s(seed_size_model, streams, 30, engine="torch") > 0
+def test_generation_speed_counts_new_characters(seed_size_model, streams, monkeypatch):
+    # One clock reading before generating and one after: exactly 1 s apart, so the rate is the
+    # number of new characters of all streams together (the prime "T" not counted).
+    monkeypatch.setattr(bench, "time", fake_clock(1.0))
+    rate = bench.generation_chars_per_s(seed_size_model, streams, 30, engine="torch")
+    assert rate == streams * 30
 
 
-def test_table_names_every_headline_figure():
-    eff = {"chars_per_s": 1000.0, "model_gflops": 10.0}
-    quality = {"model": {"kind": "lstm", "layers": 1, "hidden": 512}, "iterations": 9}
-    results = {
-        "train_seed_chars_per_s": 5000.0,
-        "train_fast_chars_per_s": 250000.0,
-        "train_fast_batch": "32x64",
-        "train_fast_precision": "bf16",
-        "train_speedup_vs_seed": 50.0,
-        "train_fast_fp32_chars_per_s": 200000.0,
-        "train_speedup_vs_seed_fp32": 40.0,
-        "matmul_peak_gflops": {"fp32": 200.0, "bf16": 800.0},
-        "efficiency": {"fp32": eff, "bf16": eff},
-        "fp32_efficiency": 1.2,
-        "bf16_over_fp32": 1.7,
-        "gen_lecture_chars_per_s": 20000.0,
-        "gen_chars_per_s": 250000.0,
-        "gen_speedup_vs_seed": 12.5,
-        "gen_batched_chars_per_s": 1200000.0,
-        "eval_chars_per_s": 50000.0,
-        "val_loss_90s": 1.47,
-        "quality_90s": dict(quality, budget="45s"),
-    }
-    out = bench.table(results)
-    for figure in ("50.0x", "40.0x", "12.5x", "1,200,000", "1.4700", "--time 45s", "bf16"):
-        assert figure in out
+def test_timed_is_seconds_per_call_after_a_warm_up(monkeypatch):
+    clock = fake_clock(0.0)  # time passes only in the timed function: 0.5 s a call
+
+    def work():
+        calls.append(clock.perf_counter())
+        clock.now[0] += 0.5
+
+    monkeypatch.setattr(bench, "time", clock)
+    calls = []
+    assert bench._timed(work, min_time=0.0, min_reps=4) == 0.5
+    assert len(calls) == 1 + 4  # a warm-up call, then the timed ones
+    calls.clear()
+    assert bench._timed(work, min_time=3.0, min_reps=1) == 0.5
+    assert len(calls) == 1 + 6  # enough calls to fill min_time
+
+
+def test_matmul_peak_counts_two_flops_per_multiply_add(monkeypatch):
+    monkeypatch.setattr(bench, "_timed", lambda fn, min_time: (fn(), 0.25)[1])
+    assert bench.matmul_peak(torch.float32, n=16) == 2 * 16**3 / 0.25
+
+
+@pytest.mark.parametrize("kind, gates", [("lstm", 4), ("gru", 3), ("rnn", 1)])
+def test_model_flops_count_by_hand(kind, gates):
+    cfg = ModelConfig(kind=kind, vocab_size=65, embed=128, hidden=512, layers=2)
+    # Multiply-adds per character: layer 1 reads the embedding, layer 2 the layer below; then
+    # the head. Two FLOPs each; training is three times the forward pass.
+    macs = gates * 512 * (128 + 512) + gates * 512 * (512 + 512) + 512 * 65
+    assert bench.flops_per_char(cfg, training=False) == 2 * macs
+    assert bench.flops_per_char(cfg) == 3 * 2 * macs
+
+
+def _fake_suite(monkeypatch, tmp_path, bf16: bool):
+    speeds = {"cell": 4_000.0, "fp32": 150_000.0, "bf16": 240_000.0}
+    # A machine with native bf16 (where `auto` means bf16), or one without a bf16 LSTM kernel.
+    auto = "bf16" if bf16 else "fp32"
+    monkeypatch.setattr(bench, "resolve_precision", lambda p, device: auto if p == "auto" else p)
+    monkeypatch.setattr(bench, "cpu_has_bf16_lstm", lambda: bf16)
+
+    def train_speed(config, text, min_time):
+        assert config.precision != "auto"  # the bench records the precision it ran
+        if config.path == "cell":
+            return speeds["cell"]
+        return speeds[config.precision]
+
+    quality_runs = []
+
+    def quality(data, seconds, workdir):
+        quality_runs.append((data, seconds))
+        model = {"kind": "lstm", "layers": 1, "hidden": 256, "embed": 64, "dropout": 0.0}
+        return dict(val_loss=1.5, val_bpc=2.16, chars=10_000, train_wall_s=91.0, eval_wall_s=0.5,
+                    model=model, iterations=700)
+
+    peaks = {torch.float32: 1e11, torch.bfloat16: 4e11}
+    monkeypatch.setattr(bench, "matmul_peak", lambda dtype, min_time: peaks[dtype])
+    monkeypatch.setattr(bench, "train_chars_per_s", train_speed)
+    monkeypatch.setattr(bench, "_timed", lambda fn, min_time, min_reps=3: 0.1)
+    monkeypatch.setattr(bench, "generation_chars_per_s", lambda m, streams, n: 1000.0 * streams)
+    monkeypatch.setattr(bench, "_quality_run", quality)
+    data = tmp_path / "text.txt"
+    data.write_text("The quick brown fox jumps over the lazy dog.\n" * 200, encoding="utf-8")
+    results = bench.run(quick=True, data=data, log=lambda msg: None)
+    return results, quality_runs, speeds, data
+
+
+@pytest.fixture
+def fake_suite(monkeypatch, tmp_path):
+    """``bench.run`` with every measurement replaced by a fixed figure, so the figures it derives
+    can be checked exactly. Returns the results and the quality runs that were asked for."""
+    return _fake_suite(monkeypatch, tmp_path, bf16=True)
+
+
+def test_a_cpu_without_bf16_lstm_gets_no_bf16_row(monkeypatch, tmp_path):
+    r, _, speeds, _ = _fake_suite(monkeypatch, tmp_path, bf16=False)
+    assert r["train_fast_precision"] == "fp32"
+    assert r["efficiency"]["bf16"] is None and r["efficiency"]["fp32"]["chars_per_s"] == 150_000
+    assert r["bf16_over_fp32"] is None and r["bf16_efficiency_vs_bf16_peak"] is None
+    out = bench.table(r)
+    assert out.count(bench.NO_BF16) == 3
+    assert json.loads(json.dumps(r)) == r
+
+
+def test_suite_ratios_are_the_measured_components(fake_suite):
+    r, quality_runs, speeds, data = fake_suite
+    assert r["train_seed_chars_per_s"] == speeds["cell"]
+    assert r["train_speedup_vs_seed"] == r["train_fast_chars_per_s"] / speeds["cell"]
+    assert r["train_speedup_vs_seed_fp32"] == speeds["fp32"] / speeds["cell"]
+    assert r["matmul_peak_gflops"] == {"fp32": 100.0, "bf16": 400.0}
+    eff = r["efficiency"]
+    assert eff["fp32"]["chars_per_s"] == speeds["fp32"]
+    assert eff["bf16"]["chars_per_s"] == speeds["bf16"]
+    cfg = ModelConfig(**bench.EFFICIENCY_SIZE, vocab_size=len(set(data.read_text())))
+    assert eff["fp32"]["model_gflops"] == pytest.approx(
+        speeds["fp32"] * bench.flops_per_char(cfg) / 1e9
+    )
+    assert r["fp32_efficiency"] == pytest.approx(eff["fp32"]["model_gflops"] / 100.0)
+    assert r["bf16_efficiency_vs_bf16_peak"] == pytest.approx(eff["bf16"]["model_gflops"] / 400)
+    assert r["bf16_over_fp32"] == speeds["bf16"] / speeds["fp32"]
+    # generation: the lecture loop's 1000 characters (quick) in the fake 0.1 s
+    assert r["gen_lecture_chars_per_s"] == pytest.approx(1000 / 0.1)
+    assert r["gen_chars_per_s"] == 1000.0 and r["gen_batched_chars_per_s"] == 64_000.0
+    assert r["gen_speedup_vs_seed"] == pytest.approx(1000.0 / r["gen_lecture_chars_per_s"])
+    # --quick: the 90 s quality run only, on the given text; eval speed from its timing
+    assert quality_runs == [(data, "90s")]
+    assert "quality_5m" not in r and "val_loss_5m" not in r
+    assert r["val_loss_90s"] == r["quality_90s"]["val_loss"] == 1.5
+    assert r["quality_90s"]["budget"] == "90s"
+    assert r["eval_chars_per_s"] == 10_000 / 0.5
+
+
+def test_suite_results_are_typed_json_that_names_its_text(fake_suite):
+    r, _, _, data = fake_suite
+    assert json.loads(json.dumps(r)) == r
+    assert r["quick"] is True and r["data"] == str(data)
+    assert set(r["machine"]) == {"cpu", "cores", "torch_threads", "torch", "python", "date"}
+    assert r["train_fast_precision"] == "bf16"  # what `auto` resolved to
+    assert r["train_fast_batch"] == "32x64"  # the tiny preset's batch, as run
+    for key, value in r.items():
+        if key.endswith(("_chars_per_s", "_efficiency", "_over_fp32")) or "speedup" in key:
+            assert isinstance(value, float) and value > 0, key
+
+
+def test_table_lists_what_the_json_holds(fake_suite):
+    r, _, _, data = fake_suite
+    out = bench.table(r)
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["quality-run", "text"] and lines[0].endswith(str(data))
+    for key in (
+        "train_seed_chars_per_s",
+        "train_fast_chars_per_s",
+        "train_fast_fp32_chars_per_s",
+        "gen_lecture_chars_per_s",
+        "gen_chars_per_s",
+        "gen_batched_chars_per_s",
+        "eval_chars_per_s",
+    ):
+        assert f"{r[key]:,.0f}" in out, key
+    for key in ("train_speedup_vs_seed", "train_speedup_vs_seed_fp32", "gen_speedup_vs_seed"):
+        assert f"{r[key]:.1f}x" in out, key
+    assert f"{r['fp32_efficiency']:.2f}" in out and f"{r['bf16_over_fp32']:.2f}x" in out
+    for precision in ("fp32", "bf16"):
+        eff = r["efficiency"][precision]
+        assert f"{eff['chars_per_s']:,.0f}, {eff['model_gflops']:,.1f}" in out
+        assert f"{r['matmul_peak_gflops'][precision]:,.0f}" in out
+    assert f"{r['bf16_efficiency_vs_bf16_peak']:.2f}" in out
+    label, value = lines[-1].split("  ", 1)
+    assert label == "val loss after --time 90s (nats/char)"
+    assert value.strip() == "1.5000 (lstm 1x256, 700 its)"
     assert "5m" not in out  # no 5-minute run: no row for it
+
+
+def test_bench_text_comes_from_data_then_environment_then_builtin(tmp_path, monkeypatch):
+    from charloom.errors import CharloomError
+
+    given, env = tmp_path / "given.txt", tmp_path / "env.txt"
+    given.write_text("x"), env.write_text("y")
+    monkeypatch.delenv(bench.DATA_ENV, raising=False)
+    path, origin = bench.choose_data(None)
+    assert path is None and "built-in" in origin and bench.DATA_ENV in origin
+    monkeypatch.setenv(bench.DATA_ENV, str(env))
+    assert bench.choose_data(None) == (env, f"{env} (from {bench.DATA_ENV})")
+    assert bench.choose_data(str(given)) == (given, f"{given} (from --data)")
+    monkeypatch.setenv(bench.DATA_ENV, str(tmp_path / "gone.txt"))
+    with pytest.raises(CharloomError, match=f"gone.txt.*{bench.DATA_ENV}"):
+        bench.choose_data(None)
+    with pytest.raises(CharloomError, match="no such file: 'missing.txt'$"):
+        bench.choose_data("missing.txt")
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_bench_command_passes_its_flags_once(tmp_path, monkeypatch, capsys, fake_suite, as_json):
+    from charloom.commands import main
+
+    results = fake_suite[0]
+    calls = []
+
+    def fake_run(quick, data, log):
+        calls.append((quick, data))
+        log("phase")
+        return dict(results, quick=quick, data=str(data))
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    text = tmp_path / "t.txt"
+    text.write_text("abc")
+    argv = ["bench", "--quick", "--data", str(text), *(["--json"] if as_json else [])]
+    assert main(argv) == 0
+    assert calls == [(True, text)]
+    captured = capsys.readouterr()
+    assert f"quality runs on {text} (from --data)" in captured.err and "phase" in captured.err
+    if as_json:
+        assert json.loads(captured.out)["data"] == str(text)
+    else:
+        table = bench.table(dict(results, quick=True, data=str(text)))
+        assert captured.out.startswith("machine: ") and table in captured.out

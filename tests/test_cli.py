@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import TINY_FLAGS
 
-from charloom.cli import main
+from charloom.commands import main
 
 TINY = [
     *TINY_FLAGS,
@@ -156,13 +156,3 @@ def test_bench_with_a_missing_text_is_one_line(capsys):
     assert main(["bench", "--quick", "--data", "no-such-file.txt"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("charloom: error: ") and err.count("\n") == 1
-
-
-def test_model_flops_count():
-    from charloom.bench import flops_per_char
-    from charloom.model import ModelConfig
-
-    cfg = ModelConfig(vocab_size=65, embed=128, hidden=512, layers=2)
-    forward = 2 * (4 * 512 * (128 + 512) + 4 * 512 * (512 + 512) + 512 * 65)
-    assert flops_per_char(cfg, training=False) == forward
-    assert flops_per_char(cfg) == 3 * forward

@@ -1,7 +1,7 @@
 """Every bad input of the ``charloom`` command: exit status 2, one line on stderr that starts
 with ``charloom: error: ``, no traceback, and nothing written.
 
-The commands run in-process through :func:`charloom.cli.main`; one test runs the real
+The commands run in-process through :func:`charloom.commands.main`; one test runs the real
 ``python -m charloom`` in a subprocess.
 """
 
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import save_file
 
 from charloom import __version__
-from charloom.cli import main
+from charloom.commands import main
 
 PREFIX = "charloom: error: "
 
@@ -382,6 +382,7 @@ def test_resume_of_run_without_latest(run_copy, capsys):
     [
         (["--hidden", "64"], "--hidden"),
         (["--lr", "0.1"], "--lr"),
+        (["--model", "gru"], "--model cannot"),  # named as the user spelled it
         (["--preset", "tiny"], "--preset"),
         (["--out", "elsewhere"], "--out"),
     ],

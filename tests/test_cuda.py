@@ -19,7 +19,7 @@ import torch
 from conftest import tiny_overrides
 
 import charloom
-from charloom.cli import main
+from charloom.commands import main
 from charloom.data import encode_text
 from charloom.device import resolve_device
 from charloom.errors import CharloomError

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import charloom
 from charloom.checkpoint import load_checkpoint
-from charloom.cli import main
+from charloom.commands import main
 
 # Same global batch, seed and data order for every run; a constant schedule (after warm-up)
 # so that a run stopped at iteration 3 and extended to 6 follows the 6-iteration schedule.

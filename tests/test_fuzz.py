@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import charloom
 from charloom.checkpoint import parse_config
-from charloom.cli import main
+from charloom.commands import main
 from charloom.config import TrainConfig
 from charloom.errors import CharloomError
 from charloom.vocab import Vocab

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import charloom
-from charloom.cli import main
+from charloom.commands import main
 from charloom.errors import CharloomError
 from charloom.plot import figure_outputs, plot_run, plot_runs
 from charloom.rundir import read_metrics

@@ -14,7 +14,7 @@ from conftest import tiny_overrides
 
 import charloom
 from charloom.checkpoint import load_checkpoint
-from charloom.cli import main
+from charloom.commands import main
 from charloom.corpus import AsciiNormaliser, iter_text, normalise_ascii, read_files
 from charloom.data import encode_text, map_prepared
 from charloom.prepared import IDS_FILE, META_FILE, PreparedCorpus, prepare

@@ -20,7 +20,7 @@ from conftest import TINY_FLAGS, make_text, tiny_overrides
 
 import charloom
 from charloom import checkpoint as ckpt
-from charloom.cli import main
+from charloom.commands import main
 
 TINY = [
     *TINY_FLAGS,

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from charloom.cli import main
+from charloom.commands import main
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:

@@ -236,7 +236,7 @@ def test_budget_rule_on_small_texts():
 
 
 def test_time_without_size_flags_sizes_the_model(tmp_path, small_text, capsys):
-    from charloom.cli import main
+    from charloom.commands import main
 
     text = tmp_path / "t.txt"
     text.write_text(small_text * 5, encoding="utf-8")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import charloom
-from charloom.cli import main
+from charloom.commands import main
 from charloom.viz import page as page_mod
 from charloom.viz import page_data, rank_units, render_page, text_features, trace_ids, write_page
 

@@ -2,7 +2,10 @@
 quality per minute, measured side by side in one run on this machine.
 
     charloom bench [--quick] [--json] [--data tinyshakespeare.txt]
-    python -m charloom.bench ...
+
+The quality runs train on the text given with ``--data``, else on the file named by the
+environment variable ``CHARLOOM_BENCH_DATA``, else on the built-in python-docs corpus; the
+results say which.
 
 Every speed is a ratio against a reference measured in the same process: the lecture's per-step
 training loop, the lecture's per-character sampling loop, and square matrix multiplications for
@@ -11,7 +14,6 @@ the machine's arithmetic peak. Nothing here passes or fails: it reports what it 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,6 +30,8 @@ import torch
 from .batches import make_batches
 from .config import TrainConfig
 from .data import encode_text
+from .device import cpu_has_bf16_lstm, resolve_precision
+from .errors import CharloomError
 from .model import CharRNN, ModelConfig
 from .presets import preset_config
 from .sample import SampleSettings, sample
@@ -36,6 +40,8 @@ from .vocab import Vocab
 
 # The lecture's model size, used for the like-for-like comparisons.
 SEED_SIZE = dict(kind="lstm", layers=1, hidden=128, embed=100)
+CPU = torch.device("cpu")
+NO_BF16 = "- (no bf16 LSTM kernel on this CPU)"
 EFFICIENCY_SIZE = dict(kind="lstm", layers=2, hidden=512, embed=128)
 
 
@@ -174,9 +180,32 @@ def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
     }
 
 
+#: The environment variable naming the quality runs' text when ``--data`` is not given.
+DATA_ENV = "CHARLOOM_BENCH_DATA"
+#: What ``results["data"]`` says when the quality runs used the built-in corpus.
+BUILTIN_DATA = "the built-in python-docs corpus"
+
+
+def choose_data(data: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """The quality runs' text and where it came from: ``data`` (``--data``), else the file
+    named by ``$CHARLOOM_BENCH_DATA``, else ``None`` - the built-in corpus. An installed
+    package cannot know where a repository keeps its data, so the user says, or gets a text
+    that is always there."""
+    origin = "--data"
+    if data is None and os.environ.get(DATA_ENV):
+        data, origin = os.environ[DATA_ENV], DATA_ENV
+    if data is None:
+        return None, f"{BUILTIN_DATA} (no --data, {DATA_ENV} not set)"
+    if not os.path.isfile(data):
+        where = f" (from {DATA_ENV})" if origin == DATA_ENV else ""
+        raise CharloomError(f"no such file: {str(data)!r}{where}")
+    return Path(data), f"{data} (from {origin})"
+
+
 def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
-    """Run the suite; returns the JSON object (see the module docstring)."""
-    results: dict = {"machine": machine(), "quick": quick}
+    """Run the suite; returns the JSON object (see the module docstring). ``data``: the quality
+    runs' text (see :func:`choose_data`), ``None`` for the built-in corpus."""
+    results: dict = {"machine": machine(), "quick": quick, "data": str(data or BUILTIN_DATA)}
     text = data.read_text(encoding="utf-8") if data else _fallback_text()
     # --quick: shorter timings (noisier ratios), the whole 90 s quality run, no 5 min run.
     min_time = 0.5 if quick else 3.0
@@ -191,7 +220,8 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     seed_cps = train_chars_per_s(seed_cfg, text, min_time)
     # The fast path as charloom runs it by default (precision `auto`), and in fp32 for scale.
     fast_cfg = preset_config("tiny", **SEED_SIZE, vocab="printable", ascii=True)
-    fast_cps = train_chars_per_s(fast_cfg, text, min_time)  # resolves fast_cfg.precision
+    fast_cfg = fast_cfg.replace(precision=resolve_precision(fast_cfg.precision, CPU))
+    fast_cps = train_chars_per_s(fast_cfg, text, min_time)
     fp32_cfg = preset_config("tiny", **SEED_SIZE, vocab="printable", ascii=True, precision="fp32")
     fp32_cps = train_chars_per_s(fp32_cfg, text, min_time)
     results["train_seed_chars_per_s"] = seed_cps
@@ -203,17 +233,21 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     results["train_speedup_vs_seed_fp32"] = fp32_cps / seed_cps
 
     log("hardware efficiency at 2x512 ...")
-    eff = {}
-    for precision in ("fp32", "bf16"):
+    eff: dict[str, dict | None] = {}
+    # A CPU without AVX-512 has no bf16 LSTM kernel: its bf16 row is left out (None).
+    for precision in ("fp32", "bf16") if cpu_has_bf16_lstm() else ("fp32",):
         cfg = preset_config("medium", **EFFICIENCY_SIZE, precision=precision)
         cps = train_chars_per_s(cfg, text, min_time)
-        cfg.model.vocab_size = len(set(text))
-        flops = cps * flops_per_char(cfg.model)
-        eff[precision] = {"chars_per_s": cps, "model_gflops": flops / 1e9}
+        model = cfg.replace(vocab_size=len(set(text))).model
+        eff[precision] = {"chars_per_s": cps, "model_gflops": cps * flops_per_char(model) / 1e9}
+    fp32, bf16 = eff["fp32"], eff.setdefault("bf16", None)
+    assert fp32 is not None
     results["efficiency"] = eff
-    results["fp32_efficiency"] = eff["fp32"]["model_gflops"] * 1e9 / fp32_peak
-    results["bf16_efficiency_vs_bf16_peak"] = eff["bf16"]["model_gflops"] * 1e9 / bf16_peak
-    results["bf16_over_fp32"] = eff["bf16"]["chars_per_s"] / eff["fp32"]["chars_per_s"]
+    results["fp32_efficiency"] = fp32["model_gflops"] * 1e9 / fp32_peak
+    results["bf16_efficiency_vs_bf16_peak"] = (
+        bf16["model_gflops"] * 1e9 / bf16_peak if bf16 else None
+    )
+    results["bf16_over_fp32"] = bf16["chars_per_s"] / fp32["chars_per_s"] if bf16 else None
 
     log("generation speed ...")
     torch.manual_seed(0)
@@ -254,6 +288,7 @@ def table(results: dict) -> str:
     r = results
     fp32, bf16 = r["efficiency"]["fp32"], r["efficiency"]["bf16"]
     rows = [
+        ("quality-run text", r.get("data", "-")),
         ("training, seed loop (chars/s)", f"{r['train_seed_chars_per_s']:,.0f}"),
         (
             f"training, fast path {r['train_fast_batch']} {r['train_fast_precision']} (chars/s)",
@@ -273,10 +308,14 @@ def table(results: dict) -> str:
         ),
         (
             "2x512 bf16 (chars/s, GFLOP/s)",
-            f"{bf16['chars_per_s']:,.0f}, {bf16['model_gflops']:,.1f}",
+            f"{bf16['chars_per_s']:,.0f}, {bf16['model_gflops']:,.1f}" if bf16 else NO_BF16,
         ),
         ("fp32 efficiency (of fp32 peak)", f"{r['fp32_efficiency']:.2f}"),
-        ("bf16 / fp32 chars/s", f"{r['bf16_over_fp32']:.2f}x"),
+        (
+            "bf16 efficiency (of bf16 peak)",
+            f"{r['bf16_efficiency_vs_bf16_peak']:.2f}" if bf16 else NO_BF16,
+        ),
+        ("bf16 / fp32 chars/s", f"{r['bf16_over_fp32']:.2f}x" if bf16 else NO_BF16),
         ("generation, lecture loop (chars/s)", f"{r['gen_lecture_chars_per_s']:,.0f}"),
         ("generation, one stream (chars/s)", f"{r['gen_chars_per_s']:,.0f}"),
         ("generation speed-up vs lecture", f"{r['gen_speedup_vs_seed']:.1f}x"),
@@ -296,42 +335,3 @@ def table(results: dict) -> str:
             )
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="charloom bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="under 2 minutes; skips the 5 m run")
-    ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument(
-        "--data",
-        type=Path,
-        default=_default_data(),
-        help="text for the quality runs (default: tiny shakespeare if found)",
-    )
-    args = ap.parse_args(argv)
-
-    start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:5.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    results = run(quick=args.quick, data=args.data, log=log)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print(f"machine: {results['machine']}")
-        print(table(results))
-    return 0
-
-
-def _default_data() -> Path | None:
-    here = Path(__file__).resolve()
-    for parent in [Path.cwd(), *here.parents]:
-        cand = parent.parent / "shared" / "data" / "tinyshakespeare.txt"
-        if cand.exists():
-            return cand
-    return None
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

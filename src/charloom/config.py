@@ -2,6 +2,11 @@
 
 Precedence, lowest first: the defaults below, then a preset (``presets.py``), then what the user
 gives (CLI flags or keyword arguments).
+
+The rules about settings live here too, so that the command line and the Python API apply the
+same ones: which settings a resumed run may change (:data:`RESUMABLE`,
+:func:`check_resume_overrides`) and how many processes can share a batch
+(:meth:`TrainConfig.check_processes`). Each field's metadata describes its command-line flag.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 from .batches import BATCHINGS
@@ -23,64 +29,144 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 LOG_STYLES = ("bar", "lecture")
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """``"90s"``, ``"5m"``, ``"2h"``, ``"1.5h"`` or plain seconds -> seconds."""
+    m = _DURATION.match(str(text))
+    if not m:
+        raise CharloomError(f"cannot read {text!r} as a duration; write it like 90s, 5m or 2h")
+    seconds = float(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "").lower() or None]
+    if seconds <= 0:
+        raise CharloomError(f"the duration {text!r} must be more than zero")
+    return seconds
+
+
+def parse_grad_clip(text: str) -> float | None:
+    """``--grad-clip``: a maximum gradient norm, or ``none`` (also ``off`` or ``0``) for none."""
+    if text.lower() in ("none", "off", "0"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise CharloomError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise CharloomError(f"{text!r} is not a finite number")
+    if value <= 0:
+        raise CharloomError("must be > 0 (or 'none' for no clipping)")
+    return value
+
+
+def parse_checkpoint_every(text: str) -> dict[str, float]:
+    """``--checkpoint-every``: a number of iterations, or a duration such as ``10m``. One flag
+    sets one of two settings, so the answer is the settings it stands for:
+    ``{"checkpoint_every": n}`` or ``{"checkpoint_every_s": seconds}``."""
+    if text.strip().isdigit():
+        n = int(text)
+        if n < 1:
+            raise CharloomError("must be at least 1")
+        return {"checkpoint_every": n}
+    return {"checkpoint_every_s": parse_duration(text)}
+
+
+def _setting(default=None, help: str = "", *, factory=None, **cli) -> dataclasses.Field:
+    """A field with the metadata the ``train`` command builds its flag from: ``help``, and
+    where needed ``flag`` (its spelling), ``choices``, ``min`` (the least integer), ``type`` (a
+    text -> value converter), ``metavar``; ``cli=False`` for a setting with no flag of its own."""
+    meta = {"help": help, **cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    """Settings of one training run (the model's shape is in ``model``)."""
+    """Settings of one training run (the model's shape is in ``model``).
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    Each field's ``metadata`` says how the ``train`` command offers it (see :func:`_setting`):
+    the flags are generated from these fields, so a new setting is declared once, here."""
+
+    model: ModelConfig = _setting(factory=ModelConfig, cli=False)
     # text -> vocabulary
-    vocab: str = "corpus"
-    ascii: bool = False  # unidecode + collapse runs of spaces, as the lecture did
-    val_fraction: float = 0.1  # the last part of the text is held out for validation
+    vocab: str = _setting("corpus", "which characters the model knows", choices=VOCAB_KINDS)
+    ascii: bool = _setting(False, "normalise text to ASCII (unidecode, collapse runs of spaces)")
+    val_fraction: float = _setting(
+        0.1, "the last part of the text held out for validation (0 to 0.9)"
+    )
     # batches
-    batching: str = "stream"
-    batch_size: int = 32
-    seq_len: int = 100
-    path: str = "fused"  # "cell": the lecture's per-step LSTMCell loop (slow, reference)
+    batching: str = _setting(
+        "stream",
+        "stream: contiguous rows carrying state; portions: random pieces from a zero state",
+        choices=BATCHINGS,
+    )
+    batch_size: int = _setting(32, "sequences per batch", min=1)
+    seq_len: int = _setting(100, "characters per sequence (backpropagation length)", min=1)
+    path: str = _setting(
+        "fused",
+        "fused nn.LSTM/GRU/RNN (fast) or the per-step cell loop (the lecture's)",
+        choices=PATHS,
+    )
     # optimisation
-    optimizer: str = "adamw"
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0
-    schedule: str = "cosine"
-    warmup: int = 100  # iterations of linear warm-up
-    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    optimizer: str = _setting("adamw", "the optimiser", choices=OPTIMIZERS)
+    lr: float = _setting(3e-3, "peak learning rate")
+    weight_decay: float = _setting(0.0, "weight decay (adamw only)")
+    grad_clip: float | None = _setting(1.0, "max gradient norm, or 'none'", type=parse_grad_clip)
+    schedule: str = _setting(
+        "cosine", "learning rate after the warm-up: cosine decay or constant", choices=SCHEDULES
+    )
+    warmup: int = _setting(100, "iterations of linear warm-up", min=0)
+    min_lr_ratio: float = _setting(0.1, "the cosine ends at lr * this ratio (0 to 1)")
     # length: iterations, or a wall-clock budget in seconds (then the schedule ends at it)
-    iters: int = 2000
-    time: float | None = None
+    iters: int = _setting(2000, "training iterations", min=1)
+    time: float | None = _setting(
+        None,
+        "wall-clock budget: 90s, 5m, 2h (the schedule ends at it; with no preset and no size "
+        "flags, charloom also sizes the model for it)",
+        type=parse_duration,
+        metavar="DURATION",
+    )
     # runtime
     # auto: bf16 autocast where the hardware multiplies bf16 fast (a CPU with AVX-512 bf16 or
     # AMX, a CUDA device with bf16), else fp32; a run records the precision it used.
-    precision: str = "auto"
-    device: str = "auto"
-    seed: int = 1337
-    threads: int | None = None
+    precision: str = _setting(
+        "auto",
+        "arithmetic: auto takes bf16 where this hardware multiplies it fast, else fp32",
+        choices=PRECISIONS,
+    )
+    device: str = _setting(
+        "auto", "where to train (auto: cuda, then mps, then cpu)", choices=DEVICES
+    )
+    seed: int = _setting(1337, "random seed: the same seed, the same training", min=0)
+    threads: int | None = _setting(None, "torch threads (default: torch's choice)", min=1)
     # reporting
-    eval_every: int = 200
-    sample_every: int = 500
-    log_every: int = 50
-    checkpoint_every: int | None = None  # iterations; default: with every evaluation
-    checkpoint_every_s: float | None = 600.0  # and at least this often in wall-clock seconds
-    sample_prime: str = "Th"
-    sample_length: int = 200
-    sample_temperature: float = 0.8
-    log_style: str = "bar"
-    tensorboard: bool = False
+    eval_every: int = _setting(200, "validate every N iterations", min=1, metavar="N")
+    sample_every: int = _setting(500, "print a sample every N iterations", min=1, metavar="N")
+    log_every: int = _setting(50, "log the training loss every N iterations", min=1, metavar="N")
+    checkpoint_every: int | None = _setting(  # iterations; default: with every evaluation
+        None,
+        "checkpoint every N iterations, or every DURATION (10m) (default: with each "
+        "evaluation, and at least every 10 minutes)",
+        type=parse_checkpoint_every,
+        metavar="N|DURATION",
+    )
+    checkpoint_every_s: float | None = _setting(  # and at least this often in seconds
+        600.0, cli=False, flag="--checkpoint-every"
+    )
+    sample_prime: str = _setting("Th", "text the progress samples start from")
+    sample_length: int = _setting(200, "characters per progress sample", min=0)
+    sample_temperature: float = _setting(0.8, "temperature of the progress samples")
+    log_style: str = _setting(
+        "bar", "console output: a progress bar, or the lecture's lines", choices=LOG_STYLES
+    )
+    tensorboard: bool = _setting(False, "also log to TensorBoard (needs charloom[tensorboard])")
 
     def validate(self) -> None:
         """Refuse bad settings with a :class:`CharloomError` before anything is allocated."""
         # The vocabulary size is only known once the text is read; check the rest now.
         dataclasses.replace(self.model, vocab_size=self.model.vocab_size or 1).validate()
-        choices = {
-            "vocab": VOCAB_KINDS,
-            "batching": BATCHINGS,
-            "path": PATHS,
-            "optimizer": OPTIMIZERS,
-            "schedule": SCHEDULES,
-            "precision": PRECISIONS,
-            "device": DEVICES,
-            "log_style": LOG_STYLES,
-        }
+        choices = {f.name: f.metadata["choices"] for f in fields(self) if "choices" in f.metadata}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise CharloomError(
@@ -116,11 +202,13 @@ class TrainConfig:
             raise CharloomError(f"--seed must be an integer in 0..2^63-1, not {self.seed!r}")
 
     def check_processes(self, n: int) -> None:
-        """Refuse a batch that ``n`` processes cannot share equally."""
+        """Refuse a batch that ``n`` processes cannot share equally: each process takes
+        ``batch_size / n`` rows of every batch, and the averaged gradient must be the one a
+        single process would compute."""
         if self.batch_size % n:
             raise CharloomError(
-                f"--batch-size {self.batch_size} must be a multiple of the number of processes "
-                f"({n}): each process takes an equal share of every batch"
+                f"--batch-size {self.batch_size} must be a multiple of --nproc {n}: "
+                "each process takes an equal share of every batch"
             )
 
     def to_dict(self) -> dict:
@@ -160,6 +248,61 @@ class TrainConfig:
         return TrainConfig(model=ModelConfig(**model), **d)
 
 
+def settings() -> list[dataclasses.Field]:
+    """Every setting a user can give, in order: the model's fields in place of ``model``, then
+    the rest of TrainConfig's. Each carries the metadata described at :func:`_setting`."""
+    out: list[dataclasses.Field] = []
+    for f in fields(TrainConfig):
+        out.extend(fields(ModelConfig) if f.name == "model" else [f])
+    return out
+
+
+def flag_for(name: str) -> str:
+    """The command-line spelling of setting ``name``: ``kind`` is ``--model``, ``batch_size``
+    is ``--batch-size``. Messages name settings the way the user gave them."""
+    for f in settings():
+        if f.name == name and "flag" in f.metadata:
+            return f.metadata["flag"]
+    return "--" + name.replace("_", "-")
+
+
+#: Settings that a resumed run may change: its budget, where it runs, and its reporting.
+#: Everything else (the model, the text, the optimisation) is fixed by the run being resumed.
+RESUMABLE = frozenset(
+    {
+        "iters",
+        "time",
+        "eval_every",
+        "sample_every",
+        "log_every",
+        "checkpoint_every",
+        "checkpoint_every_s",
+        "device",
+        "threads",
+        "sample_prime",
+        "sample_length",
+        "sample_temperature",
+        "tensorboard",
+    }
+)
+
+
+def check_resume_overrides(overrides: Mapping[str, object], others: Sequence[str] = ()) -> None:
+    """Refuse, with a :class:`CharloomError`, settings a resumed run cannot change (any outside
+    :data:`RESUMABLE`): a resume continues the same optimisation, so changing the model or the
+    batches would make a run that no single training could have produced.
+
+    ``others``: the caller's own inputs that a resume cannot take either (the command line:
+    ``"text/--preset/--out"``), named when no setting is at fault."""
+    fixed = sorted(set(overrides) - RESUMABLE)
+    bad = ", ".join(flag_for(name) for name in fixed) or ", ".join(others)
+    if bad:
+        raise CharloomError(
+            f"{bad} cannot be given with --resume: a resumed run keeps its settings "
+            "(only the budget and reporting can change)"
+        )
+
+
 def _check_int(name: str, value, lo: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise CharloomError(f"--{name.replace('_', '-')} must be an integer >= {lo}, not {value!r}")
@@ -176,39 +319,3 @@ def _check_float(name, value, lo=None, hi=None, lo_open=False) -> None:
         if hi is not None:
             bound += f"{' and ' if bound else ''}<= {hi}"
         raise CharloomError(f"--{name.replace('_', '-')} must be a number {bound}, not {value!r}")
-
-
-# Settings that a resumed run may change; everything else is fixed by the run.
-RESUMABLE = frozenset(
-    {
-        "iters", "time", "eval_every", "sample_every", "log_every", "checkpoint_every",
-        "checkpoint_every_s", "device", "threads", "sample_prime", "sample_length",
-        "sample_temperature", "tensorboard",
-    }
-)
-
-
-def check_resume_overrides(overrides: dict) -> None:
-    """Refuse settings a resumed run cannot change (only the budget and reporting can)."""
-    fixed = sorted(set(overrides) - RESUMABLE)
-    if fixed:
-        bad = ", ".join("--" + f.replace("_", "-") for f in fixed)
-        raise CharloomError(
-            f"{bad} cannot be given with --resume: a resumed run keeps its settings "
-            "(only the budget and reporting can change)"
-        )
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
-_UNIT_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
-
-
-def parse_duration(text: str) -> float:
-    """``"90s"``, ``"5m"``, ``"2h"``, ``"1.5h"`` or plain seconds -> seconds."""
-    m = _DURATION.match(str(text))
-    if not m:
-        raise CharloomError(f"cannot read {text!r} as a duration; write it like 90s, 5m or 2h")
-    seconds = float(m.group(1)) * _UNIT_SECONDS[(m.group(2) or "").lower() or None]
-    if seconds <= 0:
-        raise CharloomError(f"the duration {text!r} must be more than zero")
-    return seconds

@@ -22,7 +22,7 @@ itself, such as the compiled generator in ``fastgen.py``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -47,14 +47,21 @@ State = tuple[torch.Tensor, ...]
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a CharRNN's shape. The one home of model defaults."""
+    """Everything needed to rebuild a CharRNN's shape. The one home of model defaults.
 
-    kind: str = "lstm"
-    vocab_size: int = 0
-    embed: int = 64
-    hidden: int = 256
-    layers: int = 2
-    dropout: float = 0.0
+    The metadata is how ``charloom train`` offers each field (see ``config._setting``)."""
+
+    kind: str = field(
+        default="lstm",
+        metadata=dict(help="the recurrent cell", flag="--model", choices=MODEL_KINDS),
+    )
+    vocab_size: int = field(default=0, metadata=dict(cli=False))  # set from the text
+    embed: int = field(default=64, metadata=dict(help="embedding width", min=1))
+    hidden: int = field(default=256, metadata=dict(help="hidden units per layer", min=1))
+    layers: int = field(default=2, metadata=dict(help="recurrent layers", min=1))
+    dropout: float = field(
+        default=0.0, metadata=dict(help="dropout between recurrent layers (0 to 1)")
+    )
 
     def validate(self) -> None:
         """Refuse impossible or absurd settings with a :class:`CharloomError`."""

@@ -6,6 +6,8 @@ Flags given by the user override a preset's values.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .config import TrainConfig
 from .errors import CharloomError
 
@@ -93,6 +95,23 @@ BUDGET_LADDER: list[tuple[float, dict, float]] = [
     (1800, dict(layers=2, hidden=768, embed=128, batch_size=64, seq_len=100, lr=2e-3), 9_000),
     (7200, dict(layers=3, hidden=1024, embed=128, batch_size=64, seq_len=128, lr=1e-3), 2_500),
 ]
+
+
+#: Settings that fix the model's size or its training speed: given any of them, a --time budget
+#: does not pick the model (the user has chosen part of what the ladder would choose).
+SIZE_SETTINGS = frozenset(
+    {
+        "kind", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr",
+        "precision", "path", "batching",
+    }
+)
+
+
+def sizes_for_budget(overrides: Mapping[str, object], preset: str | None) -> bool:
+    """Whether a run given ``overrides`` on top of ``preset`` should have its model sized for its
+    time budget (:func:`budget_overrides`): only with a ``time`` budget, no named preset and
+    none of :data:`SIZE_SETTINGS` - a preset or a size setting is a choice the budget respects."""
+    return "time" in overrides and not preset and not (set(overrides) & SIZE_SETTINGS)
 
 
 def machine_rate(device: str = "cpu", seconds: float = 0.15) -> dict[str, float]:

@@ -1,0 +1,65 @@
+"""``charloom serve``: the HTTP generation API and the web playground."""
+
+from __future__ import annotations
+
+import argparse
+
+from .options import add_checkpoint, add_device, int_at_least
+
+#: The serving limits offered as flags, with what each one bounds (the defaults are ServeLimits').
+_LIMITS = (
+    ("max_length", "new characters per sample"),
+    ("max_samples", "samples per request"),
+    ("max_prime", "characters of prime"),
+    ("max_body", "bytes of request body"),
+    ("max_active", "samples generated at once, all requests together"),
+    ("max_connections", "open connections"),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``serve`` to ``subparsers``."""
+    from ..serve.limits import ServeLimits
+
+    sv = subparsers.add_parser(
+        "serve",
+        help="an HTTP generation API and a web playground (needs charloom[serve])",
+        description=(
+            "Serve a model: the playground at /, the API under /v1 (documented at /docs). "
+            "Listens on loopback unless --host says otherwise (0.0.0.0: all interfaces)."
+        ),
+    )
+    sv.add_argument("run", metavar="RUN", help="run directory or checkpoint folder")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sv.add_argument("--port", type=int_at_least(1), default=8000, help="port (8000)")
+    add_checkpoint(sv)
+    add_device(sv, "cpu")
+    sv.add_argument("--threads", type=int_at_least(1), default=None, help="torch threads")
+    sv.add_argument("--access-log", action="store_true", help="log every request")
+    bounds = ServeLimits()
+    for name, text in _LIMITS:
+        sv.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int_at_least(1),
+            default=None,
+            help=f"{text} ({getattr(bounds, name)})",
+        )
+    sv.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; limits not given keep ServeLimits' defaults."""
+    from ..serve import ServeLimits, serve
+
+    given = {name: getattr(args, name) for name, _ in _LIMITS if getattr(args, name) is not None}
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        limits=ServeLimits(**given),
+        checkpoint=args.checkpoint,
+        device=args.device,
+        threads=args.threads,
+        access_log=args.access_log,
+    )
+    return 0
