@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 _SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
     "Then the cat sat on the mat and thought about fish.",
@@ -32,13 +30,6 @@ def text_file(tmp_path: Path, small_text: str) -> Path:
     p = tmp_path / "small.txt"
     p.write_text(small_text, encoding="utf-8")
     return p
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_DATA}")
-    return SHARED_DATA
 
 
 #: Command-line flags for a model small and quick enough for CLI tests.

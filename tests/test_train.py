@@ -140,15 +140,15 @@ def test_bf16_precision_trains(tmp_path, small_text, kind):
 
 
 def test_auto_precision_is_resolved_and_recorded(tmp_path, small_text, monkeypatch):
-    from charloom import device as runtime
+    from charloom import device
 
     cpu = torch.device("cpu")
     assert charloom.preset_config("tiny").precision == "auto"
     assert charloom.preset_config("seed").precision == "fp32"  # the lecture's arithmetic
-    assert runtime.resolve_precision("fp32", cpu) == "fp32"
+    assert device.resolve_precision("fp32", cpu) == "fp32"
     for fast, want in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(runtime, "fast_bf16", lambda device, fast=fast: fast)
-        assert runtime.resolve_precision("auto", cpu) == want
+        monkeypatch.setattr(device, "fast_bf16", lambda dev, fast=fast: fast)
+        assert device.resolve_precision("auto", cpu) == want
         # (a GRU: it has a bf16 kernel on every CPU, the LSTM only with AVX-512)
         cfg = charloom.preset_config("tiny", **tiny_overrides(iters=2, kind="gru"))
         out = tmp_path / want

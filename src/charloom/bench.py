@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,10 +40,10 @@ from .step import TrainStep
 from .vocab import Vocab
 
 # The lecture's model size, used for the like-for-like comparisons.
-SEED_SIZE = dict(kind="lstm", layers=1, hidden=128, embed=100)
+SEED_SIZE: dict[str, Any] = dict(kind="lstm", layers=1, hidden=128, embed=100)
 CPU = torch.device("cpu")
 NO_BF16 = "- (no bf16 LSTM kernel on this CPU)"
-EFFICIENCY_SIZE = dict(kind="lstm", layers=2, hidden=512, embed=128)
+EFFICIENCY_SIZE: dict[str, Any] = dict(kind="lstm", layers=2, hidden=512, embed=128)
 
 
 def machine() -> dict:
@@ -238,8 +239,8 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     for precision in ("fp32", "bf16") if cpu_has_bf16_lstm() else ("fp32",):
         cfg = preset_config("medium", **EFFICIENCY_SIZE, precision=precision)
         cps = train_chars_per_s(cfg, text, min_time)
-        model = cfg.replace(vocab_size=len(set(text))).model
-        eff[precision] = {"chars_per_s": cps, "model_gflops": cps * flops_per_char(model) / 1e9}
+        shape = cfg.replace(vocab_size=len(set(text))).model
+        eff[precision] = {"chars_per_s": cps, "model_gflops": cps * flops_per_char(shape) / 1e9}
     fp32, bf16 = eff["fp32"], eff.setdefault("bf16", None)
     assert fp32 is not None
     results["efficiency"] = eff

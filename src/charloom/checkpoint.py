@@ -59,7 +59,7 @@ class Checkpoint:
     vocab: Vocab
     meta: dict  # the rest of config.json: text normalisation, training summary, version
     weights: dict[str, torch.Tensor]
-    state: dict | None = None  # state.json, for a resumable checkpoint
+    state: dict = field(default_factory=dict)  # state.json, for a resumable checkpoint
     state_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property

@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from .batches import BATCHINGS
 from .errors import CharloomError
@@ -71,7 +72,7 @@ def parse_checkpoint_every(text: str) -> dict[str, float]:
     return {"checkpoint_every_s": parse_duration(text)}
 
 
-def _setting(default=None, help: str = "", *, factory=None, **cli) -> dataclasses.Field:
+def _setting(default: Any = None, help: str = "", *, factory: Any = None, **cli: Any) -> Any:
     """A field with the metadata the ``train`` command builds its flag from: ``help``, and
     where needed ``flag`` (its spelling), ``choices``, ``min`` (the least integer), ``type`` (a
     text -> value converter), ``metavar``; ``cli=False`` for a setting with no flag of its own."""
@@ -215,7 +216,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
+    def from_dict(cls, d: object) -> TrainConfig:
         if not isinstance(d, dict):
             raise CharloomError("the saved training settings are not an object")
         known = {f.name for f in fields(cls)}

@@ -66,7 +66,7 @@ class TextSource:
     prepared: bool = False  # ``paths[0]`` is a folder written by ``charloom prepare``
 
     def to_dict(self) -> dict:
-        d = {
+        d: dict[str, object] = {
             "paths": list(self.paths),
             "corpus": self.corpus,
             "encoding": self.encoding,

@@ -41,7 +41,7 @@ try:  # numba is an optional extra
 
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None
+    numba = None  # type: ignore[assignment]
     HAVE_NUMBA = False
 
 
@@ -213,7 +213,7 @@ if HAVE_NUMBA:
 
     @numba.njit(cache=True, error_model="numpy")
     def _draw(logits, temperature, top_k, top_p, greedy, u, arg, e, bits, order):
-        """Index drawn from ``logits (V,)``: the arithmetic of ``sample.pick``."""
+        """Index drawn from ``logits (V,)``: the arithmetic of ``nextchar.pick``."""
         v = logits.shape[0]
         if greedy:
             return np.argmax(logits)

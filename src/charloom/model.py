@@ -99,7 +99,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
+    def from_dict(cls, d: object) -> ModelConfig:
         if not isinstance(d, dict):
             raise CharloomError("the saved model settings are not an object")
         known = {f.name for f in fields(cls)}

@@ -23,7 +23,7 @@ from .plot import plot_run
 from .schedule import EVAL_SHARE
 
 
-class Trainer(Protocol):
+class RunView(Protocol):
     """What reporters read of a training run (``train.Trainer`` is one). Declared here so that
     reporting depends on the trainer's shape, not on its module: the trainer imports this one."""
 
@@ -33,7 +33,7 @@ class Trainer(Protocol):
     device: torch.device
     model: CharRNN
     lr: float
-    last_loss: float
+    last_loss: float | torch.Tensor
     window_loss: float
     chars_per_s: float
     sample_text: str
@@ -72,7 +72,7 @@ def require_tensorboard():
 class Metrics:
     """Appends one JSON line per log and evaluation to ``metrics.jsonl``; keeps them for plots."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: RunView) -> None:
         self.path = trainer.run_dir / rundir.METRICS_FILE
         self.records = rundir.read_metrics(self.path)  # earlier lines of a resumed run
 
@@ -80,7 +80,7 @@ class Metrics:
         self.records.append(rec)
         rundir.append_metric(self.path, rec)
 
-    def on_log(self, t: Trainer) -> None:
+    def on_log(self, t: RunView) -> None:
         self._append(
             {
                 "iter": t.iteration,
@@ -91,8 +91,9 @@ class Metrics:
             }
         )
 
-    def on_eval(self, t: Trainer) -> None:
+    def on_eval(self, t: RunView) -> None:
         v = t.last_val
+        assert v is not None  # an eval event follows an evaluation
         self._append(
             {"iter": t.iteration, "time": round(t.elapsed, 3), "val_loss": v.loss, "val_bpc": v.bpc}
         )
@@ -101,12 +102,12 @@ class Metrics:
 class Plots:
     """Redraws ``loss.png`` and ``loss.pdf`` from the metrics (evaluations, samples, end)."""
 
-    def __init__(self, trainer: Trainer, metrics: Metrics) -> None:
+    def __init__(self, trainer: RunView, metrics: Metrics) -> None:
         self.metrics = metrics
         self.outputs = [trainer.run_dir / f for f in rundir.PLOT_FILES]
         self.title = trainer.run_dir.name
 
-    def draw(self, t: Trainer) -> None:
+    def draw(self, t: RunView) -> None:
         if self.metrics.records:
             plot_run(self.metrics.records, self.outputs, title=self.title)
 
@@ -114,10 +115,10 @@ class Plots:
 class Samples:
     """Appends each training sample to ``samples.txt``."""
 
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: RunView) -> None:
         self.path = trainer.run_dir / rundir.SAMPLES_FILE
 
-    def on_sample(self, t: Trainer) -> None:
+    def on_sample(self, t: RunView) -> None:
         rundir.append_sample(self.path, t.iteration, t.sample_text)
 
 
@@ -125,7 +126,7 @@ class Console:
     """A progress bar (iteration, chars/s, loss, ETA) with evaluations and samples printed
     above it; or, for the ``seed`` preset, the lecture's own lines."""
 
-    def __init__(self, trainer: Trainer, stream=None, bar: bool = True) -> None:
+    def __init__(self, trainer: RunView, stream=None, bar: bool = True) -> None:
         self.stream = stream or sys.stderr
         self.lecture = trainer.config.log_style == "lecture"
         self.bar = None
@@ -138,7 +139,7 @@ class Console:
         else:
             print(text, file=self.stream, flush=True)
 
-    def on_start(self, t: Trainer) -> None:
+    def on_start(self, t: RunView) -> None:
         cfg = t.config
         if t.resume_note:
             self.write(f"charloom: {t.resume_note}")
@@ -183,7 +184,7 @@ class Console:
                 )
         self._shown = t.iteration
 
-    def on_log(self, t: Trainer) -> None:
+    def on_log(self, t: RunView) -> None:
         if self.lecture:
             minutes = (time.perf_counter() - self.start) / 60
             self.write(f"Time elapsed: {minutes:.2f} min")
@@ -198,10 +199,11 @@ class Console:
             self._shown = t.iteration
             self.bar.set_postfix(loss=f"{t.window_loss:.3f}", chars_s=f"{t.chars_per_s:,.0f}")
 
-    def on_eval(self, t: Trainer) -> None:
+    def on_eval(self, t: RunView) -> None:
         if self.lecture:
             return
         v = t.last_val
+        assert v is not None  # an eval event follows an evaluation
         best = " (best)" if t.best_iter == t.iteration else ""
         train = t.last_loss if math.isnan(t.window_loss) else t.window_loss
         self.write(
@@ -209,14 +211,14 @@ class Console:
             f"= {v.bpc:.4f} bits/char{best}"
         )
 
-    def on_sample(self, t: Trainer) -> None:
+    def on_sample(self, t: RunView) -> None:
         if self.lecture:
             self.write(f"{t.sample_text}\n")
             self.write("=" * 50)
         else:
             self.write(f"--- sample at iteration {t.iteration} ---\n{t.sample_text}\n---")
 
-    def on_end(self, t: Trainer) -> None:
+    def on_end(self, t: RunView) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -232,33 +234,35 @@ class Console:
 
 
 class TensorBoard:
-    def __init__(self, trainer: Trainer) -> None:
+    def __init__(self, trainer: RunView) -> None:
         writer_cls = require_tensorboard()
         self.writer = writer_cls(log_dir=str(trainer.run_dir / rundir.TENSORBOARD_DIR))
 
-    def on_log(self, t: Trainer) -> None:
+    def on_log(self, t: RunView) -> None:
         self.writer.add_scalar("loss/train", t.window_loss, t.iteration)
         self.writer.add_scalar("lr", t.lr, t.iteration)
         self.writer.add_scalar("chars_per_s", t.chars_per_s, t.iteration)
 
-    def on_eval(self, t: Trainer) -> None:
-        self.writer.add_scalar("loss/val", t.last_val.loss, t.iteration)
-        self.writer.add_scalar("bpc/val", t.last_val.bpc, t.iteration)
+    def on_eval(self, t: RunView) -> None:
+        v = t.last_val
+        assert v is not None  # an eval event follows an evaluation
+        self.writer.add_scalar("loss/val", v.loss, t.iteration)
+        self.writer.add_scalar("bpc/val", v.bpc, t.iteration)
 
-    def on_sample(self, t: Trainer) -> None:
+    def on_sample(self, t: RunView) -> None:
         self.writer.add_text("sample", t.sample_text, t.iteration)
 
-    def on_end(self, t: Trainer) -> None:
+    def on_end(self, t: RunView) -> None:
         self.writer.close()
 
 
-def attach_reporting(trainer: Trainer, console: bool = True, bar: bool = True) -> None:
+def attach_reporting(trainer: RunView, console: bool = True, bar: bool = True) -> None:
     """Hang the standard reporters on ``trainer``'s events (done on ``start``, once the run
     directory exists). Under torchrun only rank 0 reports: the others attach nothing."""
     if not trainer.is_main:
         return
 
-    def setup(t: Trainer) -> None:
+    def setup(t: RunView) -> None:
         metrics = Metrics(t)
         plots = Plots(t, metrics)
         samples = Samples(t)

@@ -90,7 +90,7 @@ class Trainer:
         self.last_val: EvalResult | None = None
         self.lr = self.clock.learning_rate()
         # Filled in as training goes, read by callbacks.
-        self.last_loss = float("nan")
+        self.last_loss: float | torch.Tensor = float("nan")
         self.window_loss = float("nan")
         self.chars_per_s = 0.0
         self.sample_text = ""
@@ -301,7 +301,7 @@ class Trainer:
             loss = self.step.take(self.batches, self.lr, self.iteration)
             clock.iteration += 1
             self.chars_seen += chars_per_step
-            self.last_loss = loss  # type: ignore[assignment]
+            self.last_loss = loss  # a float, or on GPUs a device scalar
             window_losses.append(loss)
             window_iters += 1
             now = time.perf_counter()
@@ -366,7 +366,7 @@ def _follow(trainer: Trainer) -> TrainResult:
         trainer.last_val = trainer.evaluate()
         trainer.model.train()
 
-    handlers = {
+    handlers: dict[int, Callable[[float], object]] = {
         distributed.STEP: step,
         distributed.EVAL: evaluate,
         distributed.SAVE: lambda _: trainer.save(),

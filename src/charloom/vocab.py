@@ -132,7 +132,7 @@ class Vocab:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> Vocab:
+    def from_dict(cls, d: object) -> Vocab:
         if not isinstance(d, dict):
             raise CharloomError("the saved vocabulary is not an object")
         kind = d.get("kind")

@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         else ""
     )
     print(f"best val      {fmt(best)} nats/char{bpc}")
-    src = tr.get("source") if isinstance(tr.get("source"), dict) else {}
-    paths = src.get("paths") if isinstance(src.get("paths"), list) else []
+    given = tr.get("source")
+    src: dict = given if isinstance(given, dict) else {}
+    paths: list = src["paths"] if isinstance(src.get("paths"), list) else []
     print(f"text          {src.get('corpus') or ', '.join(map(str, paths)) or '-'}")
     print(f"charloom      {info['charloom_version']}")
     return 0

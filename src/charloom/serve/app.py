@@ -15,9 +15,10 @@ already being generated (with ``Retry-After``), 500 if the model itself fails.
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing, asynccontextmanager
 from importlib import resources
+from typing import Any, cast
 
 import anyio
 from fastapi import FastAPI, Request
@@ -30,7 +31,15 @@ from ..charmodel import CharModel
 from ..sample import SampleSettings
 from .limits import ServeLimits
 from .scheduler import GenerateJob, GenerationFailed, NextJob, Scheduler, ServerBusy
-from .schemas import ErrorResponse, GenerateResponse, NextResponse, request_models
+from .schemas import (
+    Candidate,
+    ErrorResponse,
+    GenerateParams,
+    GenerateResponse,
+    NextParams,
+    NextResponse,
+    request_models,
+)
 
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -117,9 +126,9 @@ class BodyLimit:
                     drained += len(message.get("body", b""))
                     if not message.get("more_body", False):
                         break
-        message = f"the request body is larger than {self.max_body} bytes"
+        reason = f"the request body is larger than {self.max_body} bytes"
         response = JSONResponse(
-            {"message": message, "detail": message},
+            {"message": reason, "detail": reason},
             status_code=413,
             headers={"Connection": "close"},
         )
@@ -198,7 +207,7 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], None]) -> None:
         self.events = events
         self.on_close = on_close
         self.status_code = 200
@@ -266,12 +275,14 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
     app.state.scheduler = scheduler
     app.state.limits = limits
     app.add_middleware(BodyLimit, max_body=limits.max_body)
-    bad_request = {
+    bad_request: dict[int | str, dict[str, Any]] = {
         413: {"model": ErrorResponse, "description": f"the body is over {limits.max_body} bytes"},
         422: {"model": ErrorResponse, "description": "a field is invalid"},
         500: {"model": ErrorResponse, "description": "the model failed"},
     }
-    busy = {503: {"model": ErrorResponse, "description": "too many samples in progress"}}
+    busy: dict[int | str, dict[str, Any]] = {
+        503: {"model": ErrorResponse, "description": "too many samples in progress"}
+    }
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -366,6 +377,7 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
         },
     )
     async def generate(req: GenerateRequest):  # type: ignore[valid-type]
+        req = cast(GenerateParams, req)  # the run-time model has these fields
         prime, prime_ids = prepare("prime", req.prime)
         settings = SampleSettings(req.temperature, req.top_k, req.top_p, req.greedy)
         settings.validate()
@@ -387,7 +399,7 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
             )
         pieces = scheduler.generate(job)  # submitted now: a full server answers 503, not 200
 
-        async def events() -> AsyncIterator[bytes]:
+        async def events() -> AsyncGenerator[bytes, None]:
             nonlocal completions
             async with aclosing(pieces):
                 yield sse("start", {"prime": prime, "num_samples": req.num_samples})
@@ -418,12 +430,13 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
         responses={**bad_request, **busy},
     )
     async def next_chars(req: NextRequest) -> NextResponse:  # type: ignore[valid-type]
+        req = cast(NextParams, req)  # the run-time model has these fields
         _, ids = prepare("text", req.text)
         settings = SampleSettings(req.temperature, req.top_k, req.top_p)
         settings.validate()
         found = await scheduler.next_chars(NextJob(ids, settings, req.top))
         return NextResponse(
-            candidates=[{"char": _char(vocab, i), "id": i, "prob": p} for i, p in found]
+            candidates=[Candidate(char=_char(vocab, i), id=i, prob=p) for i, p in found]
         )
 
     return app

@@ -27,8 +27,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -103,10 +104,12 @@ class GenerateJob:
 
     def take(self, ids: torch.Tensor) -> None:
         """Decode this job's newly drawn ``ids (steps, num_samples)`` into its fresh text."""
-        for pieces, piece in zip(self.fresh, self.stream.take(ids)):
+        stream = self.stream
+        assert stream is not None  # set by prime(), which runs before any step
+        for pieces, piece in zip(self.fresh, stream.take(ids)):
             if piece:
                 pieces.append(piece)
-        if self.stream.done:
+        if stream.done:
             self.finished = True
 
     def take_fresh(self) -> list[str]:
@@ -202,7 +205,7 @@ class Scheduler:
         job.cancelled = True
         self._admitted.discard(job)
 
-    def generate(self, job: GenerateJob) -> AsyncIterator[list[str]]:
+    def generate(self, job: GenerateJob) -> AsyncGenerator[list[str], None]:
         """Submit ``job`` now (raising :class:`ServerBusy` if full) and return an iterator of
         its text as it comes: one string per sample, per delivery. Closing the iterator early -
         the client went away - cancels the job; so does setting ``job.cancelled``."""
@@ -210,14 +213,16 @@ class Scheduler:
         self._submit(job)
         return self._texts(job)
 
-    async def _texts(self, job: GenerateJob) -> AsyncIterator[list[str]]:
+    async def _texts(self, job: GenerateJob) -> AsyncGenerator[list[str], None]:
         try:
+            inbox = job.queue
+            assert inbox is not None  # set by generate() before the job is submitted
             while True:
-                kind, payload = await job.queue.get()
+                kind, payload = await inbox.get()
                 # Coalesce whatever else is already waiting, so a slow reader gets fewer, larger
                 # pieces rather than falling further behind.
-                while kind == "text" and not job.queue.empty():
-                    nxt_kind, nxt = job.queue.get_nowait()
+                while kind == "text" and not inbox.empty():
+                    nxt_kind, nxt = inbox.get_nowait()
                     if nxt_kind != "text":
                         yield payload
                         kind, payload = nxt_kind, nxt
@@ -268,9 +273,10 @@ class Scheduler:
             return
         for kind, payload in items:
             if kind == "text":
-                self.chars_generated += sum(map(len, payload))
+                self.chars_generated += sum(map(len, cast("list[str]", payload)))
             elif kind == "done":
                 self.requests_served += 1
+            assert job.queue is not None  # set by generate() before the job was submitted
             job.queue.put_nowait((kind, payload))
 
     def _post(self, job: GenerateJob | NextJob, items: list[tuple[str, object]]) -> None:
@@ -330,7 +336,7 @@ class Scheduler:
         generation jobs, and whether some are still waiting. Primes get at most half a chunk of
         time per round, so a flood of long primes slows the running streams but never stops
         them."""
-        admitted = []
+        admitted: list[GenerateJob] = []
         deadline = time.perf_counter() + self.chunk_s / 2
         while True:
             if time.perf_counter() > deadline:
@@ -370,7 +376,8 @@ class Scheduler:
             row += job.rows
             groups[-1].stop = row
         state = tuple(torch.cat(parts, dim=1) for parts in zip(*(j.state for j in jobs)))
-        logits = torch.cat([j.logits for j in jobs])
+        # Every job stepped here was primed (and not finished by it), so it has its logits.
+        logits = torch.cat([cast(torch.Tensor, j.logits) for j in jobs])
         ids = torch.zeros(row, dtype=torch.long, device=logits.device)
         deadline = time.perf_counter() + self.chunk_s
         while True:

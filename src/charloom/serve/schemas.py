@@ -10,6 +10,7 @@ not accepted as text, nor ``true`` as a number) and forbid unknown fields, so a 
 from __future__ import annotations
 
 import inspect
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,11 +29,40 @@ MAX_SEED = 2**63 - 1
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
-def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type, type]:
-    """``(GenerateRequest, NextRequest)`` bounded by ``limits`` and the vocabulary size."""
-    prime_field = dict(min_length=1, max_length=limits.max_prime)
+class GenerateParams(Protocol):
+    """What the endpoint reads from a ``GenerateRequest`` (for the type checker: the model
+    itself is built at run time by :func:`request_models`)."""
 
-    def temperature_field():
+    prime: str
+    length: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    greedy: bool
+    seed: int | None
+    num_samples: int
+    stream: bool
+
+
+class NextParams(Protocol):
+    """What the endpoint reads from a ``NextRequest`` (see :class:`GenerateParams`)."""
+
+    text: str
+    top: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+
+
+def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """``(GenerateRequest, NextRequest)`` bounded by ``limits`` and the vocabulary size.
+
+    Their instances have the fields of :class:`GenerateParams` and :class:`NextParams`."""
+
+    def prime_field(default: Any, description: str) -> Any:
+        return Field(default, min_length=1, max_length=limits.max_prime, description=description)
+
+    def temperature_field() -> Any:
         return Field(
             SampleSettings.temperature,
             ge=MIN_TEMPERATURE,
@@ -41,10 +71,10 @@ def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type, type]:
             description="divides the logits: lower is more conservative, higher more surprising",
         )
 
-    def top_k_field():
+    def top_k_field() -> Any:
         return Field(None, ge=1, le=vocab_size, description="keep only the k likeliest characters")
 
-    def top_p_field():
+    def top_p_field() -> Any:
         return Field(
             None,
             gt=0,
@@ -57,9 +87,8 @@ def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type, type]:
         """Generate ``num_samples`` texts: the prime followed by ``length`` new characters."""
 
         model_config = _STRICT
-        prime: str = Field(
+        prime: str = prime_field(
             _SAMPLE_DEFAULTS["prime"],
-            **prime_field,
             description="text to start from; every character must be in the model's vocabulary",
         )
         length: int = Field(
@@ -84,7 +113,7 @@ def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type, type]:
         """The likeliest next characters after ``text``, with their probabilities."""
 
         model_config = _STRICT
-        text: str = Field(..., **prime_field, description="the text so far")
+        text: str = prime_field(..., description="the text so far")
         top: int = Field(10, ge=1, le=vocab_size, description="how many candidates to return")
         temperature: float = temperature_field()
         top_k: int | None = top_k_field()

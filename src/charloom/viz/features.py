@@ -253,7 +253,9 @@ def rank_units(
         taken.add((key, u))
         count[j] += 1
         feat = feats[j]
-        by_feature.append(Finding(key, u, feat.label, score, float(mats[key][u, j]), feat.key))
+        r = mats[key]
+        assert r is not None  # cands holds only states whose correlations were computed
+        by_feature.append(Finding(key, u, feat.label, score, float(r[u, j]), feat.key))
     by_feature.sort(key=lambda f: -f.score)
     variable: list[Finding] = []
     for key, st in stats.items():

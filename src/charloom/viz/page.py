@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -203,7 +204,7 @@ def page_data(
         initial_unit = unit if unit is not None else 0
     quota = max(1, TRACE_BUDGET // (n * len(keys)))
     blobs: list[bytes] = []
-    states = []
+    states: list[dict[str, Any]] = []
     for lay, kind in keys:
         key = _state_key(lay, kind)
         st = stats[key]
