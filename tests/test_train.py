@@ -171,11 +171,43 @@ def test_time_budget_ends_the_run_and_the_schedule(tmp_path, small_text):
     # matplotlib: seconds on a busy machine) would eat a 1.5 s budget: pay them first.
     warm = charloom.preset_config("tiny", **tiny_overrides(iters=5))
     charloom.train(warm, text=small_text, out=tmp_path / "warm", console=False)
-    cfg = charloom.preset_config("tiny", **tiny_overrides(time=1.5, iters=10**6, warmup=0))
+    over = tiny_overrides(time=1.5, iters=10**6, warmup=0, log_every=1)
+    cfg = charloom.preset_config("tiny", **over)
     r = charloom.train(cfg, text=small_text, out=tmp_path / "t", console=False)
     assert 1.5 * 0.9 <= r.elapsed < 5
-    lrs = [m["lr"] for m in _metrics(tmp_path / "t") if "lr" in m]
-    assert lrs[-1] <= cfg.lr * (cfg.min_lr_ratio + 0.15)  # the cosine ends at the deadline
+    records = [m for m in _metrics(tmp_path / "t") if "lr" in m]
+    lrs = [m["lr"] for m in records]
+    # The cosine follows the clock: the rate falls step by step, and each step's rate is the
+    # cosine at the time before that step (which is at most the time logged after it).
+    assert lrs and lrs == sorted(lrs, reverse=True)
+    for m in records:
+        assert m["lr"] >= learning_rate(cfg, 0, min(1.0, m["time"] / 1.5)) - 1e-12
+
+
+def test_the_budget_clock_ends_the_schedule_at_the_deadline(monkeypatch):
+    from charloom import schedule
+
+    now = [100.0]
+    monkeypatch.setattr(schedule.time, "perf_counter", lambda: now[0])
+    cfg = charloom.preset_config("tiny", time=10.0, warmup=0)
+    clock = schedule.BudgetClock(cfg, has_validation=True)
+    clock.start()
+    rates = []
+    while not clock.done():
+        rates.append(clock.learning_rate())
+        clock.iteration += 1
+        now[0] += 0.5  # every step takes half a second of a 10 s budget
+        clock.tick()
+    assert clock.iteration == 20 and clock.elapsed == 10.0
+    assert rates[0] == cfg.lr and rates == sorted(rates, reverse=True)
+    assert rates[-1] == pytest.approx(learning_rate(cfg, 19, 0.95))
+    assert learning_rate(cfg, 20, 1.0) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+    # An evaluation that costs 0.2 s is spaced so evaluations take about 5% of the time,
+    # and the reserve for the final one ends training early enough.
+    clock.eval_cost = clock.save_cost = 0.2
+    assert clock.done()
+    clock.evaluated(0.2)
+    assert clock.next_eval_at == pytest.approx(10.0 + 0.2 * 0.95 / 0.05)
 
 
 def test_cosine_schedule_with_warmup():
