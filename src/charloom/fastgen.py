@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import subprocess
+import sys
 import threading
 from types import ModuleType
 
@@ -130,6 +132,45 @@ def prepare(wait: bool = False) -> bool:
     if wait and thread is not None:
         thread.join()
     return ready()
+
+
+#: What :func:`compile_ahead` runs: compile (or load) the kernels at the lowest CPU priority,
+#: one such process per user at a time (others leave at once: a second compile is wasted work).
+_AHEAD = """
+import os, sys, tempfile
+if hasattr(os, "nice"):
+    os.nice(19)
+try:
+    import fcntl
+    lock = open(os.path.join(tempfile.gettempdir(), f"charloom-compile-{os.getuid()}.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except ImportError:
+    pass
+except OSError:
+    sys.exit(0)
+from charloom.fastgen import prepare
+prepare(wait=True)
+"""
+
+
+def compile_ahead() -> subprocess.Popen | None:
+    """Fill numba's on-disk cache in a separate process at the lowest priority, so the first
+    ``charloom sample`` after ``charloom train`` finds the kernels compiled. A process, not a
+    thread: it takes neither the trainer's interpreter lock nor, at nice 19, much of its CPU,
+    it goes on after a short run has ended, and nobody waits for it. Nothing is started (and
+    ``None`` returned) where numba is missing or already ready in this process."""
+    if ready() or not available():
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _AHEAD],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not stopped by the terminal's Ctrl-C meant for training
+        )
+    except OSError:  # no process to spare: the first sample compiles instead
+        return None
 
 
 def _load() -> None:

@@ -169,7 +169,7 @@ class TorchGenerator:
         ``(steps, B)``, the new state and the float logits after the last character."""
         m, cell, lstm = self.model, self._cell, self.model.is_lstm
         emb, head_w, head_b = m.embedding.weight, m.head.weight, m.head.bias
-        with torch.inference_mode():
+        with torch.no_grad():
             uniforms = uniforms.to(logits.device)  # one copy per block, not one per step
             hs = list(state[0].unbind(0))
             cs = list(state[1].unbind(0)) if lstm else hs
@@ -235,7 +235,10 @@ def _choose(model: CharRNN, engine: str) -> str:
         return "torch"
     if fastgen.ready():
         return "numba"
-    return "pending" if fastgen.prepare() or fastgen.status() == "compiling" else "torch"
+    if not fastgen.available():
+        fastgen.prepare()  # says once that numba is missing
+        return "torch"
+    return "pending"  # generate_blocks starts the compiler once the first block is out
 
 
 @torch.no_grad()
@@ -272,6 +275,10 @@ def generate_blocks(
                 gen, plan = _compiled_failed(model, engine, exc), "torch"
                 ids, state, logits = gen.run(state, logits, u, stream.settings)
             yield ids
+            if plan == "pending" and block == 1:
+                # After the first block, so importing numba (a second, holding the
+                # interpreter's lock much of it) does not delay the first character.
+                fastgen.prepare()
             left -= n
             block = min(block * 4, Uniforms.BLOCK)
     finally:
