@@ -5,9 +5,11 @@ Three pieces, each written once and shared by ``charloom sample``, ``CharModel``
 - :class:`SampleStream` - one request: its prime, settings, length, samples and seeded random
   numbers; it runs the prime once and turns the drawn ids into exactly ``length`` new characters
   per sample. It never calls the model past the prime, so any engine can feed it.
-- an engine - :class:`TorchGenerator` (the reference: ``pick`` then ``CharRNN.step``) or
+- an engine - :class:`TorchGenerator` (the reference: ``pick`` then the cell path's step) or
   ``fastgen.FastGenerator`` (the same arithmetic, compiled) - draws ids for a block of steps:
-  ``run(state, logits, uniforms, settings) -> ids, state, logits``.
+  ``run(state, logits, uniforms, settings) -> ids, state, logits``. With ``engine="auto"`` a
+  stream starts on the torch engine while the compiled one is compiled in the background, and
+  switches to it between two blocks (:func:`generate_blocks`).
 - :func:`generate_blocks` / :func:`stream_samples` / :func:`sample` - one stream driven by one
   engine, for the command line and the Python API (the server drives many streams itself).
 
