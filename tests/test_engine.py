@@ -32,9 +32,12 @@ needs_numba = pytest.mark.skipif(not fastgen.available(), reason="numba is not i
 
 @pytest.fixture
 def fresh_engine_state(monkeypatch):
-    """fastgen's per-process state as if nothing had happened yet (restored afterwards)."""
+    """fastgen's per-process state with nothing said and nothing failed; all of it (the
+    compiled kernels too, which a failure drops) restored afterwards."""
     for name, value in (("_failure", None), ("_said", set())):
         monkeypatch.setattr(fastgen, name, value)
+    for name in ("_kernels", "_thread"):
+        monkeypatch.setattr(fastgen, name, getattr(fastgen, name))
 
 
 def _model(kind: str, layers: int, seed: int = 0) -> CharRNN:
