@@ -121,6 +121,23 @@ def test_numba_failing_at_run_time_falls_back_to_torch_once(
 
 
 @needs_numba
+def test_a_compiled_engine_that_cannot_be_built_is_tried_once(monkeypatch, fresh_engine_state):
+    fastgen.prepare(wait=True)
+    model, vocab = _model("rnn", 2), Vocab.build("printable")
+    want = sample(model, vocab, "Th", 100, seed=6, engine="torch")
+    tries = []
+
+    def unbuildable(self, model):
+        tries.append(1)
+        raise MemoryError("no room for the weights")
+
+    monkeypatch.setattr(fastgen.FastGenerator, "__init__", unbuildable)
+    assert sample(model, vocab, "Th", 100, seed=6, engine="auto") == want
+    assert tries == [1]  # not once per block
+    assert fastgen.status().startswith("failed: MemoryError")
+
+
+@needs_numba
 def test_a_compiler_error_falls_back_to_torch(monkeypatch, caplog, fresh_engine_state):
     # The background load fails (as on a CPU numba cannot compile for): one line, torch text.
     model, vocab = _model("gru", 1), Vocab.build("printable")

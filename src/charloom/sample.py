@@ -266,7 +266,8 @@ def generate_blocks(
         block, left = 1, stream.length
         while True:
             if plan in ("numba", "pending") and (plan == "numba" or fastgen.ready()):
-                gen, plan = _compiled(model, engine, gen), "numba"
+                gen = _compiled(model, engine, gen)
+                plan = "numba" if isinstance(gen, fastgen.FastGenerator) else "torch"
             n = min(block, left) if left > 0 else block
             u = stream.uniforms.take(n)
             try:
