@@ -103,7 +103,11 @@ def _fake_suite(monkeypatch, tmp_path, bf16: bool):
     monkeypatch.setattr(bench, "matmul_peak", lambda dtype, min_time: peaks[dtype])
     monkeypatch.setattr(bench, "train_chars_per_s", train_speed)
     monkeypatch.setattr(bench, "_timed", lambda fn, min_time, min_reps=3: 0.1)
-    monkeypatch.setattr(bench, "generation_chars_per_s", lambda m, streams, n: 1000.0 * streams)
+    monkeypatch.setattr(
+        bench,
+        "generation_chars_per_s",
+        lambda m, streams, n, engine="auto": (500.0 if engine == "torch" else 1000.0) * streams,
+    )
     monkeypatch.setattr(bench, "_quality_run", quality)
     data = tmp_path / "text.txt"
     data.write_text("The quick brown fox jumps over the lazy dog.\n" * 200, encoding="utf-8")
@@ -148,6 +152,9 @@ def test_suite_ratios_are_the_measured_components(fake_suite):
     assert r["gen_lecture_chars_per_s"] == pytest.approx(1000 / 0.1)
     assert r["gen_chars_per_s"] == 1000.0 and r["gen_batched_chars_per_s"] == 64_000.0
     assert r["gen_speedup_vs_seed"] == pytest.approx(1000.0 / r["gen_lecture_chars_per_s"])
+    assert r["gen_torch_chars_per_s"] == 500.0  # the torch engine alone, one stream
+    assert r["gen_torch_speedup_vs_seed"] == pytest.approx(500.0 / r["gen_lecture_chars_per_s"])
+    assert r["gen_engine"] in ("numba", "torch (compiling)", "torch (numba not installed)")
     # --quick: the 90 s quality run only, on the given text; eval speed from its timing
     assert quality_runs == [(data, "90s")]
     assert "quality_5m" not in r and "val_loss_5m" not in r
@@ -180,12 +187,15 @@ def test_table_lists_what_the_json_holds(fake_suite):
         "gen_lecture_chars_per_s",
         "gen_chars_per_s",
         "gen_batched_chars_per_s",
+        "gen_torch_chars_per_s",
         "eval_chars_per_s",
     ):
         assert f"{r[key]:,.0f}" in out, key
     for key in ("train_speedup_vs_seed", "train_speedup_vs_seed_fp32", "gen_speedup_vs_seed"):
         assert f"{r[key]:.1f}x" in out, key
     assert f"{r['fp32_efficiency']:.2f}" in out and f"{r['bf16_over_fp32']:.2f}x" in out
+    engine_rows = [ln for ln in lines if ln.startswith("generation engine (auto)")]
+    assert len(engine_rows) == 1 and engine_rows[0].endswith(r["gen_engine"])
     for precision in ("fp32", "bf16"):
         eff = r["efficiency"][precision]
         assert f"{eff['chars_per_s']:,.0f}, {eff['model_gflops']:,.1f}" in out

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from . import fastgen
 from .batches import make_batches
 from .config import TrainConfig
 from .data import encode_text
@@ -35,7 +36,7 @@ from .device import cpu_has_bf16_lstm, resolve_precision
 from .errors import CharloomError
 from .model import CharRNN, ModelConfig
 from .presets import preset_config
-from .sample import SampleSettings, sample
+from .sample import SampleSettings, engine_in_use, sample
 from .step import TrainStep
 from .vocab import Vocab
 
@@ -143,7 +144,9 @@ def generation_chars_per_s(model: CharRNN, streams: int, n: int, engine: str = "
     it from ``charloom sample`` or ``CharModel.sample``."""
     vocab = Vocab.build("printable")
     settings = SampleSettings()
-    sample(model, vocab, "T", 64, settings, streams, seed=0, engine=engine)  # compile, warm up
+    if engine != "torch":  # the steady state: the compiled engine ready, as after a first run
+        fastgen.prepare(wait=True)
+    sample(model, vocab, "T", 64, settings, streams, seed=0, engine=engine)  # warm up
     start = time.perf_counter()
     texts = sample(model, vocab, "T", n, settings, streams, seed=1, engine=engine)
     elapsed = time.perf_counter() - start
@@ -257,10 +260,15 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     lecture_cps = n_ref / _timed(lambda: _Lecture(model).generate(n_ref), 0.5, 1)
     one = generation_chars_per_s(model, 1, 20000 if quick else 100000)
     many = generation_chars_per_s(model, 64, 1000 if quick else 4000)
+    # The torch engine alone: what a machine without numba (or a GPU) gets for one stream.
+    torch_one = generation_chars_per_s(model, 1, n_ref, engine="torch")
+    results["gen_engine"] = engine_in_use(CPU)
     results["gen_lecture_chars_per_s"] = lecture_cps
     results["gen_chars_per_s"] = one
     results["gen_speedup_vs_seed"] = one / lecture_cps
     results["gen_batched_chars_per_s"] = many
+    results["gen_torch_chars_per_s"] = torch_one
+    results["gen_torch_speedup_vs_seed"] = torch_one / lecture_cps
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -321,6 +329,13 @@ def table(results: dict) -> str:
         ("generation, one stream (chars/s)", f"{r['gen_chars_per_s']:,.0f}"),
         ("generation speed-up vs lecture", f"{r['gen_speedup_vs_seed']:.1f}x"),
         ("generation, 64 streams (chars/s)", f"{r['gen_batched_chars_per_s']:,.0f}"),
+        ("generation engine (auto)", r.get("gen_engine", "-")),
+        (
+            "generation, torch engine, one stream (chars/s)",
+            f"{r['gen_torch_chars_per_s']:,.0f} ({r['gen_torch_speedup_vs_seed']:.1f}x lecture)"
+            if "gen_torch_chars_per_s" in r
+            else "-",
+        ),
         ("eval (chars/s, whole command)", f"{r['eval_chars_per_s']:,.0f}"),
     ]
     for key in ("90s", "5m"):

@@ -3,7 +3,7 @@
 Generating one character is a few small matrix-vector products; done step by step from Python,
 each step costs tens of microseconds of interpreter and dispatch overhead, far more than the
 arithmetic. Here the loop - recurrent step for every layer, head, temperature, top-k/top-p and the
-draw - runs as one compiled function for many steps at once.
+draw - runs as one compiled function for many steps at once (the kernels are in ``kernels.py``).
 
 How it is made fast (each step measured with ``charloom bench`` and micro-timings):
 
@@ -22,11 +22,25 @@ How it is made fast (each step measured with ``charloom bench`` and micro-timing
 It reads the same weights as ``CharRNN`` and draws with the same uniforms as the reference sampler
 in ``sample.py`` (inverse-CDF sampling), so for a given seed it produces the same text; the tests
 check this against the simple path (float32 rounding differs in the last bits, which changes a
-draw only when a uniform falls within about 1e-7 of a boundary). numba is optional
-(``pip install 'charloom[fast]'``); without it, or on a GPU, charloom uses the reference path.
+draw only when a uniform falls within about 1e-7 of a boundary).
+
+Nobody waits for the compiler. Importing numba and compiling the kernels (about 15 s the first
+time on a machine, a fraction of a second from numba's on-disk cache afterwards) happens in a
+background daemon thread started by :func:`prepare`; until :func:`ready`, callers generate with
+the torch engine, and since both engines consume the same uniforms in the same order, a stream
+can switch to this engine between two blocks without changing its text. numba is a dependency
+of charloom; where it cannot be imported or compiled, or fails at run time, charloom says so once
+per process on stderr (the ``charloom`` logger) and stays on the torch engine.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+import threading
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -36,337 +50,177 @@ from .nextchar import SampleSettings
 
 _KIND_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
 
-try:  # numba is an optional extra
-    import numba
+#: Where charloom says, once per process, that it cannot use the compiled engine. A logger, not
+#: ``print``: an application that configures logging decides where the line goes; without any
+#: configuration, Python's last-resort handler writes it to stderr as one line.
+log = logging.getLogger("charloom")
 
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None  # type: ignore[assignment]
-    HAVE_NUMBA = False
+INSTALL_HINT = "pip install 'numba>=0.59'"
+
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+_kernels: ModuleType | None = None  # set once the kernels are compiled (or loaded from cache)
+_failure: str | None = None  # why the compiled engine cannot run in this process
+_said: set[str] = set()
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line, for a message that must never become a traceback."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+def say_once(key: str, message: str) -> None:
+    """Log ``message`` as a warning the first time ``key`` is said in this process."""
+    with _lock:
+        if key in _said:
+            return
+        _said.add(key)
+    log.warning("charloom: %s", message)
 
 
 def available() -> bool:
-    return HAVE_NUMBA
+    """Whether numba is installed and has not failed in this process (it may still be
+    compiling: see :func:`ready`). Cheap: it does not import numba."""
+    return _failure is None and importlib.util.find_spec("numba") is not None
 
 
-_F0 = np.float32(0.0)
-_F1 = np.float32(1.0)
-_F2 = np.float32(2.0)
-_HALF = np.float32(0.5)
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693359375)  # ln 2 split in two, so k * ln2 is exact in float32
-_LN2_LO = np.float32(-2.12194440e-4)
-_EXP_LO = np.float32(-87.0)  # below this exp() is taken as 0 (float32's normal range ends)
-_EXP_HI = np.float32(88.0)
-_TANH_SMALL = np.float32(0.625)
-# exp on [-ln2/2, ln2/2] and tanh on [-0.625, 0.625]: minimax polynomial coefficients
-# (the classic single-precision ones, as in the Cephes library's expf and tanhf).
-_EXP_C = tuple(
-    np.float32(v)
-    for v in (
-        1.9875691500e-4,
-        1.3981999507e-3,
-        8.3334519073e-3,
-        4.1665795894e-2,
-        1.6666665459e-1,
-        5.0000001201e-1,
-    )
-)
-_TANH_C = tuple(
-    np.float32(v)
-    for v in (
-        -5.70498872745e-3,
-        2.06390887954e-2,
-        -5.37397155531e-2,
-        1.33314422036e-1,
-        -3.33332819422e-1,
-    )
-)
+def status() -> str:
+    """``ready``, ``compiling`` (a background load is under way), ``idle`` (not started),
+    ``not installed``, or ``failed: REASON``."""
+    if _kernels is not None:
+        return "ready"
+    if _failure is not None:
+        return f"failed: {_failure}"
+    if importlib.util.find_spec("numba") is None:
+        return "not installed"
+    return "compiling" if _thread is not None else "idle"
 
-if HAVE_NUMBA:
-    _E0, _E1, _E2, _E3, _E4, _E5 = _EXP_C
-    _T0, _T1, _T2, _T3, _T4 = _TANH_C
 
-    @numba.njit(cache=True, inline="always", error_model="numpy")
-    def _exp_into(src, dst, bits, n):
-        """``dst[:n] = exp(src[:n])`` in float32 (within 2 ulp; 0 below -87): 2^k times a
-        polynomial, in two loops that vectorise (the 2^k made from its bits)."""
-        for j in range(n):
-            x0 = src[j]
-            x = min(max(x0, _EXP_LO), _EXP_HI)
-            k = np.floor(x * _LOG2E + _HALF)
-            r = (x - k * _LN2_HI) - k * _LN2_LO
-            p = ((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5
-            dst[j] = (p * (r * r) + r) + _F1
-            bits[j] = ((np.int32(k) + np.int32(127)) << np.int32(23)) if x0 >= _EXP_LO else 0
-        scale = bits.view(np.float32)
-        for j in range(n):
-            dst[j] = dst[j] * scale[j]
+def ready() -> bool:
+    """Whether the compiled kernels can be called now without compiling anything."""
+    return _kernels is not None
 
-    @numba.njit(cache=True, inline="always", error_model="numpy")
-    def _tanh_from(e, x):
-        """``tanh(x)`` given ``e = exp(2|x|)``: a polynomial near 0, 1 - 2/(e+1) elsewhere."""
-        z = x * x
-        small = ((((_T0 * z + _T1) * z + _T2) * z + _T3) * z + _T4) * z * x + x
-        big = _F1 - _F2 / (e + _F1)
-        big = big if x >= _F0 else -big
-        return small if abs(x) < _TANH_SMALL else big
 
-    @numba.njit(cache=True, fastmath={"contract"}, inline="always")
-    def _axpy4(o, a, w, k):
-        """``o += a[k:k+4] @ w[k:k+4]`` (one stream, four rows of the weights)."""
-        a0, a1, a2, a3 = a[k], a[k + 1], a[k + 2], a[k + 3]
-        w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
-        for j in range(o.shape[0]):
-            o[j] = o[j] + a0 * w0[j] + a1 * w1[j] + a2 * w2[j] + a3 * w3[j]
+def failed(reason: str) -> None:
+    """Give up the compiled engine for the rest of the process (it raised at run time) and say
+    so once; callers fall back to the torch engine."""
+    global _failure, _kernels
+    with _lock:
+        _failure, _kernels = _failure or reason, None
+    say_once("failed", f"the compiled engine failed ({reason}); using the torch engine")
 
-    @numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
-    def _gemm_acc(out, off, src, w, s0, s1):
-        """``out[s - off] += src[s] @ w`` for streams ``s0 <= s < s1``; ``w (K, N)``.
 
-        Four streams at a time share every load of the weights (four rows per pass, so each
-        output is loaded and stored once per four products)."""
-        kk = w.shape[0]
-        k4 = kk - kk % 4
-        s = s0
-        while s + 4 <= s1:
-            o0, o1, o2, o3 = out[s - off], out[s + 1 - off], out[s + 2 - off], out[s + 3 - off]
-            x0, x1, x2, x3 = src[s], src[s + 1], src[s + 2], src[s + 3]
-            for k in range(0, k4, 4):
-                w0, w1, w2, w3 = w[k], w[k + 1], w[k + 2], w[k + 3]
-                a00, a01, a02, a03 = x0[k], x0[k + 1], x0[k + 2], x0[k + 3]
-                a10, a11, a12, a13 = x1[k], x1[k + 1], x1[k + 2], x1[k + 3]
-                a20, a21, a22, a23 = x2[k], x2[k + 1], x2[k + 2], x2[k + 3]
-                a30, a31, a32, a33 = x3[k], x3[k + 1], x3[k + 2], x3[k + 3]
-                for j in range(o0.shape[0]):
-                    v0, v1, v2, v3 = w0[j], w1[j], w2[j], w3[j]
-                    o0[j] = o0[j] + a00 * v0 + a01 * v1 + a02 * v2 + a03 * v3
-                    o1[j] = o1[j] + a10 * v0 + a11 * v1 + a12 * v2 + a13 * v3
-                    o2[j] = o2[j] + a20 * v0 + a21 * v1 + a22 * v2 + a23 * v3
-                    o3[j] = o3[j] + a30 * v0 + a31 * v1 + a32 * v2 + a33 * v3
-            for k in range(k4, kk):
-                wk = w[k]
-                a0, a1, a2, a3 = x0[k], x1[k], x2[k], x3[k]
-                for j in range(o0.shape[0]):
-                    o0[j] += a0 * wk[j]
-                    o1[j] += a1 * wk[j]
-                    o2[j] += a2 * wk[j]
-                    o3[j] += a3 * wk[j]
-            s += 4
-        while s < s1:
-            o, x = out[s - off], src[s]
-            for k in range(0, k4, 4):
-                _axpy4(o, x, w, k)
-            for k in range(k4, kk):
-                a, wk = x[k], w[k]
-                for j in range(o.shape[0]):
-                    o[j] += a * wk[j]
-            s += 1
+def prepare(wait: bool = False) -> bool:
+    """Start importing numba and compiling (or loading from numba's cache) the kernels in a
+    daemon thread, unless that is done or under way; with ``wait``, block until it ends.
+    Returns :func:`ready`. A daemon thread, so a process that ends meanwhile is not held up."""
+    global _thread
+    if importlib.util.find_spec("numba") is None:
+        say_once(
+            "missing",
+            f"numba is not installed, so sampling runs on the slower torch engine "
+            f"({INSTALL_HINT} for the compiled one)",
+        )
+        return False
+    with _lock:
+        if _thread is None and _failure is None and _kernels is None:
+            _thread = threading.Thread(target=_load, name="charloom-compile", daemon=True)
+            _thread.start()
+        thread = _thread
+    if wait and thread is not None:
+        thread.join()
+    return ready()
 
-    @numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
-    def _lstm(g, h, c, arg, e, bits, tmp):
-        """One LSTM cell update from the summed gate inputs ``g (4H,)`` (i, f, g, o)."""
-        n = h.shape[0]
-        for j in range(2 * n):
-            arg[j] = -g[j]
-        for j in range(2 * n, 3 * n):
-            arg[j] = _F2 * abs(g[j])
-        for j in range(3 * n, 4 * n):
-            arg[j] = -g[j]
-        _exp_into(arg, e, bits, 4 * n)
-        for k in range(n):
-            i = _F1 / (_F1 + e[k])
-            f = _F1 / (_F1 + e[n + k])
-            cc = f * c[k] + i * _tanh_from(e[2 * n + k], g[2 * n + k])
-            c[k] = cc
-            tmp[k] = _F1 / (_F1 + e[3 * n + k])
-            arg[k] = _F2 * abs(cc)
-        _exp_into(arg, e, bits, n)
-        for k in range(n):
-            h[k] = tmp[k] * _tanh_from(e[k], c[k])
 
-    @numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
-    def _gru(gi, gh, h, arg, e, bits, tmp):
-        """One GRU update from the input part ``gi (3H,)`` and recurrent part ``gh (3H,)``."""
-        n = h.shape[0]
-        for j in range(2 * n):
-            arg[j] = -(gi[j] + gh[j])
-        _exp_into(arg, e, bits, 2 * n)
-        for k in range(n):
-            r = _F1 / (_F1 + e[k])
-            pre = gi[2 * n + k] + r * gh[2 * n + k]
-            tmp[k] = pre
-            arg[k] = _F2 * abs(pre)
-        _exp_into(arg, e, bits, n)
-        for k in range(n):
-            z = _F1 / (_F1 + e[n + k])
-            h[k] = (_F1 - z) * _tanh_from(e[k], tmp[k]) + z * h[k]
+#: What :func:`compile_ahead` runs: compile (or load) the kernels at the lowest CPU priority,
+#: one such process per user at a time (others leave at once: a second compile is wasted work).
+_AHEAD = """
+import os, sys, tempfile
+if hasattr(os, "nice"):
+    os.nice(19)
+try:
+    import fcntl
+    lock = open(os.path.join(tempfile.gettempdir(), f"charloom-compile-{os.getuid()}.lock"), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except ImportError:
+    pass
+except OSError:
+    sys.exit(0)
+from charloom.fastgen import prepare
+prepare(wait=True)
+"""
 
-    @numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
-    def _rnn(g, h, arg, e, bits):
-        n = h.shape[0]
-        for k in range(n):
-            arg[k] = _F2 * abs(g[k])
-        _exp_into(arg, e, bits, n)
-        for k in range(n):
-            h[k] = _tanh_from(e[k], g[k])
 
-    @numba.njit(cache=True, error_model="numpy")
-    def _draw(logits, temperature, top_k, top_p, greedy, u, arg, e, bits, order):
-        """Index drawn from ``logits (V,)``: the arithmetic of ``nextchar.pick``."""
-        v = logits.shape[0]
-        if greedy:
-            return np.argmax(logits)
-        top = np.max(logits)
-        for j in range(v):
-            arg[j] = (logits[j] - top) / temperature
-        if top_k > 0 and top_k < v:
-            kth = np.sort(arg[:v])[v - top_k]
-            for j in range(v):
-                if arg[j] < kth:
-                    arg[j] = -np.inf
-        _exp_into(arg, e, bits, v)
-        if top_p < 1.0:
-            total = np.float32(0.0)
-            for j in range(v):
-                total += e[j]
-            for j in range(v):
-                e[j] = e[j] / total
-            # Keep a character if the mass of the likelier ones is below top_p.
-            idx = np.argsort(-e[:v], kind="mergesort")
-            before = np.float32(0.0)
-            for r in range(v):
-                j = idx[r]
-                order[j] = 1 if before < top_p else 0
-                before += e[j]
-            for j in range(v):
-                if order[j] == 0:
-                    e[j] = 0.0
-        # Running sum in float32, in order, as torch.cumsum; the target scaled by the total
-        # rather than the probabilities normalised (the same draw, one pass fewer).
-        cdf = np.float32(0.0)
-        for j in range(v):
-            cdf += e[j]
-            arg[j] = cdf
-        target = np.float32(u) * cdf
-        count = 0
-        for j in range(v):
-            count += arg[j] < target
-        return min(count, v - 1)
+def compile_ahead() -> subprocess.Popen | None:
+    """Fill numba's on-disk cache in a separate process at the lowest priority, so the first
+    ``charloom sample`` after ``charloom train`` finds the kernels compiled. A process, not a
+    thread: it takes neither the trainer's interpreter lock nor, at nice 19, much of its CPU,
+    it goes on after a short run has ended, and nobody waits for it. Nothing is started (and
+    ``None`` returned) where numba is missing or already ready in this process."""
+    if ready() or not available():
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _AHEAD],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # not stopped by the terminal's Ctrl-C meant for training
+        )
+    except OSError:  # no process to spare: the first sample compiles instead
+        return None
 
-    @numba.njit(cache=True, error_model="numpy")
-    def _run_block(
-        kind,
-        s0,
-        s1,
-        table,
-        w_ih,
-        bias_in,
-        w_hh,
-        b_hh,
-        head_w,
-        head_b,
-        h,
-        c,
-        logits,
-        u,
-        temperature,
-        top_k,
-        top_p,
-        greedy,
-        out,
-    ):
-        """Streams ``s0 <= s < s1``: draw ``out.shape[0]`` characters each, starting from
-        ``logits[s]`` and the state ``h, c (L, B, H)`` (all updated in place)."""
-        layers, _, hidden = h.shape
-        gsize = table.shape[1]
-        vocab = logits.shape[1]
-        rows = s1 - s0
-        gi = np.empty((rows, gsize), dtype=np.float32)
-        gh = np.empty((rows if kind == 1 else 1, gsize), dtype=np.float32)
-        width = max(gsize, vocab)
-        arg = np.empty(width, dtype=np.float32)
-        e = np.empty(width, dtype=np.float32)
-        bits = np.empty(width, dtype=np.int32)
-        tmp = np.empty(hidden, dtype=np.float32)
-        order = np.empty(vocab, dtype=np.int8)
-        for t in range(out.shape[0]):
-            for s in range(s0, s1):
-                x = _draw(
-                    logits[s], temperature, top_k, top_p, greedy, u[t, s], arg, e, bits, order
-                )
-                out[t, s] = x
-                gi[s - s0, :] = table[x]
-            for layer in range(layers):
-                if layer > 0:
-                    for s in range(s0, s1):
-                        gi[s - s0, :] = bias_in[layer]
-                    _gemm_acc(gi, s0, h[layer - 1], w_ih[layer - 1], s0, s1)
-                if kind == 1:  # GRU: the recurrent part kept apart (r scales its n gate)
-                    for s in range(s0, s1):
-                        gh[s - s0, :] = b_hh[layer]
-                    _gemm_acc(gh, s0, h[layer], w_hh[layer], s0, s1)
-                    for s in range(s0, s1):
-                        _gru(gi[s - s0], gh[s - s0], h[layer, s], arg, e, bits, tmp)
-                else:
-                    _gemm_acc(gi, s0, h[layer], w_hh[layer], s0, s1)
-                    for s in range(s0, s1):
-                        if kind == 0:
-                            _lstm(gi[s - s0], h[layer, s], c[layer, s], arg, e, bits, tmp)
-                        else:
-                            _rnn(gi[s - s0], h[layer, s], arg, e, bits)
-            for s in range(s0, s1):
-                logits[s, :] = head_b
-            _gemm_acc(logits, 0, h[layers - 1], head_w, s0, s1)
 
-    # One stream block per thread; a single block runs ``_run_block`` directly, without starting
-    # threads (a separate function: numba's on-disk cache does not tell two compilations of one
-    # function apart by their options).
-    @numba.njit(cache=True, parallel=True, error_model="numpy")
-    def _generate_parallel(
-        blocks,
-        kind,
-        table,
-        w_ih,
-        bias_in,
-        w_hh,
-        b_hh,
-        head_w,
-        head_b,
-        h,
-        c,
-        logits,
-        u,
-        temperature,
-        top_k,
-        top_p,
-        greedy,
-        out,
-    ):
-        # Streams are independent: a contiguous block of them per thread, no waiting between.
-        streams = out.shape[1]
-        for i in numba.prange(blocks):
-            _run_block(
-                kind,
-                i * streams // blocks,
-                (i + 1) * streams // blocks,
-                table,
-                w_ih,
-                bias_in,
-                w_hh,
-                b_hh,
-                head_w,
-                head_b,
-                h,
-                c,
-                logits,
-                u,
-                temperature,
-                top_k,
-                top_p,
-                greedy,
-                out,
-            )
+def _load() -> None:
+    """The background thread: import the kernels and compile them for the argument types
+    :class:`FastGenerator` passes, so that its first call compiles nothing."""
+    global _kernels, _failure
+    try:
+        from . import kernels
+
+        args = _example_args()
+        for fn, extra in ((kernels.run_block, (0, 0, 1)), (kernels.generate_parallel, (1, 0))):
+            fn.compile(tuple(kernels.numba.typeof(a) for a in (*extra, *args)))
+    except Exception as exc:  # numba missing a piece, an unsupported CPU, a compiler error
+        with _lock:
+            _failure = one_line(exc)
+        say_once("failed", f"the compiled engine is unavailable ({_failure}); using torch")
+        return
+    with _lock:
+        if _failure is None:
+            _kernels = kernels
+
+
+def _example_args() -> tuple:
+    """The kernels' arguments after ``kind`` (and the streams) for a one-unit model, built by
+    the code that builds a real model's (:func:`_call_args`): the types to compile for."""
+    weights = tuple(np.zeros(shape, np.float32) for shape in _WEIGHT_SHAPES)
+    h, c = np.zeros((1, 1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
+    u, out = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.int64)
+    return _call_args(weights, h, c, np.zeros((1, 2), np.float32), u, SampleSettings(), out)
+
+
+# table, w_ih, bias_in, w_hh, b_hh, head_w, head_b of a one-layer, one-unit, two-character model.
+_WEIGHT_SHAPES = ((2, 1), (1, 1, 1), (1, 1), (1, 1, 1), (1, 1), (1, 2), (2,))
+
+
+def _call_args(
+    weights: tuple[np.ndarray, ...],
+    h: np.ndarray,
+    c: np.ndarray,
+    logits: np.ndarray,
+    u: np.ndarray,
+    settings: SampleSettings,
+    out: np.ndarray,
+) -> tuple:
+    """The kernels' arguments after ``kind`` and the streams, with the settings in the kernels'
+    encoding: top-k 0 (or >= V) and top-p 1 keep everything."""
+    top_k = min(settings.top_k or 0, logits.shape[1])
+    top_p = np.float32(1.0 if settings.top_p is None else settings.top_p)
+    temperature = np.float32(settings.temperature)
+    return (*weights, h, c, logits, u, temperature, top_k, top_p, bool(settings.greedy), out)
 
 
 # Below this many streams per thread, starting threads costs more than it saves.
@@ -374,11 +228,13 @@ _STREAMS_PER_THREAD = 2
 
 
 class FastGenerator:
-    """Holds a model's weights laid out for the compiled loop (float32, transposed)."""
+    """Holds a model's weights laid out for the compiled loop (float32, transposed). Build it
+    once :func:`ready` (or after ``prepare(wait=True)``); otherwise its first call compiles."""
 
     def __init__(self, model: CharRNN) -> None:
-        if not HAVE_NUMBA:
-            raise RuntimeError("numba is not installed")
+        from . import kernels  # imports numba: a second or so, unless prepare() did it
+
+        self._kernels = kernels
         cfg = model.config
         self.kind = _KIND_CODE[cfg.kind]
         hidden, gsize = cfg.hidden, cfg.gates * cfg.hidden
@@ -401,14 +257,17 @@ class FastGenerator:
             bias_in = [w["bias_ih"] if split else w["bias_ih"] + w["bias_hh"] for w in layers]
             # Layer 0's input projection of every character, precomputed: a table lookup.
             emb = f32(model.embedding.weight)
-            self.table = dense(emb @ layers[0]["weight_ih"].T + bias_in[0])
+            table = dense(emb @ layers[0]["weight_ih"].T + bias_in[0])
             w_ih = [dense(w["weight_ih"].T) for w in layers[1:]]
-            self.w_ih = np.stack(w_ih) if w_ih else np.zeros((1, hidden, gsize), np.float32)
-            self.bias_in = dense(torch.stack(bias_in))
-            self.b_hh = dense(torch.stack(b_hh))
-            self.w_hh = np.stack([dense(w["weight_hh"].T) for w in layers])
-            self.head_w = dense(f32(model.head.weight).T)
-            self.head_b = dense(f32(model.head.bias))
+            self.weights = (
+                table,
+                np.stack(w_ih) if w_ih else np.zeros((1, hidden, gsize), np.float32),
+                dense(torch.stack(bias_in)),
+                np.stack([dense(w["weight_hh"].T) for w in layers]),
+                dense(torch.stack(b_hh)),
+                dense(f32(model.head.weight).T),
+                dense(f32(model.head.bias)),
+            )
         self.is_lstm = cfg.kind == "lstm"
 
     def run(
@@ -423,7 +282,8 @@ class FastGenerator:
 
         ``state``: tuple of (L, B, H); ``logits (B, V)``: the distribution for the first draw;
         ``uniforms (steps, B)``. Returns ids ``(steps, B)``, the new state and the logits after
-        the last character."""
+        the last character. The arguments are copied, never changed: after an exception they
+        still hold the stream's position, so a caller can redo the block with another engine."""
         h = state[0].detach().to("cpu", torch.float32).numpy().copy()
         c = (
             state[1].detach().to("cpu", torch.float32).numpy().copy()
@@ -434,16 +294,12 @@ class FastGenerator:
         u = np.ascontiguousarray(uniforms.to(torch.float32).numpy())
         out = np.empty(u.shape, dtype=np.int64)
         streams = u.shape[1]
-        blocks = min(numba.get_num_threads(), streams // _STREAMS_PER_THREAD)
-        weights = (self.table, self.w_ih, self.bias_in, self.w_hh, self.b_hh, self.head_w)
-        # The kernel's encoding of the settings: top-k 0 (or >= V) and top-p 1 keep everything.
-        top_k = min(settings.top_k or 0, lg.shape[1])
-        top_p = np.float32(1.0 if settings.top_p is None else settings.top_p)
-        rest = (self.head_b, h, c, lg, u, np.float32(settings.temperature), top_k, top_p)
+        blocks = min(self._kernels.numba.get_num_threads(), streams // _STREAMS_PER_THREAD)
+        args = _call_args(self.weights, h, c, lg, u, settings, out)
         if blocks > 1:
-            _generate_parallel(blocks, self.kind, *weights, *rest, settings.greedy, out)
+            self._kernels.generate_parallel(blocks, self.kind, *args)
         else:
-            _run_block(self.kind, 0, streams, *weights, *rest, settings.greedy, out)
+            self._kernels.run_block(self.kind, 0, streams, *args)
         new_state = (
             (torch.from_numpy(h), torch.from_numpy(c)) if self.is_lstm else (torch.from_numpy(h),)
         )

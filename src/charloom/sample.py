@@ -5,9 +5,11 @@ Three pieces, each written once and shared by ``charloom sample``, ``CharModel``
 - :class:`SampleStream` - one request: its prime, settings, length, samples and seeded random
   numbers; it runs the prime once and turns the drawn ids into exactly ``length`` new characters
   per sample. It never calls the model past the prime, so any engine can feed it.
-- an engine - :class:`TorchGenerator` (the reference: ``pick`` then ``CharRNN.step``) or
+- an engine - :class:`TorchGenerator` (the reference: ``pick`` then the cell path's step) or
   ``fastgen.FastGenerator`` (the same arithmetic, compiled) - draws ids for a block of steps:
-  ``run(state, logits, uniforms, settings) -> ids, state, logits``.
+  ``run(state, logits, uniforms, settings) -> ids, state, logits``. With ``engine="auto"`` a
+  stream starts on the torch engine while the compiled one is compiled in the background, and
+  switches to it between two blocks (:func:`generate_blocks`).
 - :func:`generate_blocks` / :func:`stream_samples` / :func:`sample` - one stream driven by one
   engine, for the command line and the Python API (the server drives many streams itself).
 
@@ -18,10 +20,13 @@ every draw consumes the stream's uniforms in the same order (see :class:`Uniform
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from . import fastgen
 from .errors import CharloomError
 from .model import CharRNN, State
 from .nextchar import SampleSettings, Uniforms, pick
@@ -125,15 +130,35 @@ class SampleStream:
         return out
 
 
+# torch's own one-step recurrences, what nn.LSTMCell/GRUCell/RNNCell call: the cell path's
+# arithmetic, without the module machinery.
+_CELL_STEPS: dict[str, Callable[..., Any]] = {
+    "lstm": torch.lstm_cell,
+    "gru": torch.gru_cell,
+    "rnn": torch.rnn_tanh_cell,
+}
+_WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
 class TorchGenerator:
-    """The reference engine: each step picks the next ids with :func:`pick` and runs one
-    :meth:`CharRNN.step`. It has the interface of ``fastgen.FastGenerator``, so a caller
-    can drive either."""
+    """The reference engine: each step picks the next ids with :func:`pick`, then runs the
+    model's cell path for one character (``CharRNN.step(..., path="cell")``: embedding, torch's
+    cell function per layer with the model's own weights, head). It has the interface of
+    ``fastgen.FastGenerator``, so a caller can drive either, on any device and for any number
+    of streams.
+
+    Not ``CharRNN.step`` on the fused path: on the CPU, ``nn.LSTM`` builds its oneDNN kernel on
+    every call, which costs milliseconds for a single step; the cell functions cost
+    microseconds. Dropout is not applied (generation runs the model in eval mode)."""
 
     def __init__(self, model: CharRNN) -> None:
         self.model = model
+        self._cell = _CELL_STEPS[model.config.kind]
+        self._weights = [
+            tuple(model.layer_weights(layer)[name] for name in _WEIGHT_NAMES)
+            for layer in range(model.config.layers)
+        ]
 
-    @torch.no_grad()
     def run(
         self,
         state: State,
@@ -144,67 +169,144 @@ class TorchGenerator:
         """Draw ``uniforms.shape[0]`` characters for each of B streams from ``logits (B, V)``
         and ``state`` (tuple of ``(L, B, H)``), with ``uniforms (steps, B)``. Returns the ids
         ``(steps, B)``, the new state and the float logits after the last character."""
-        drawn = []
-        for u in uniforms:
-            nxt = pick(logits, settings, u)
-            drawn.append(nxt)
-            step_logits, state = self.model.step(nxt, state)
-            logits = step_logits.float()
-        return torch.stack(drawn), state, logits
+        m, cell, lstm = self.model, self._cell, self.model.is_lstm
+        emb, head_w, head_b = m.embedding.weight, m.head.weight, m.head.bias
+        with torch.no_grad():
+            uniforms = uniforms.to(logits.device)  # one copy per block, not one per step
+            hs = list(state[0].unbind(0))
+            cs = list(state[1].unbind(0)) if lstm else hs
+            drawn = []
+            for u in uniforms:
+                nxt = pick(logits, settings, u)
+                drawn.append(nxt)
+                inp = F.embedding(nxt, emb)
+                for layer, weights in enumerate(self._weights):
+                    if lstm:
+                        hs[layer], cs[layer] = cell(inp, (hs[layer], cs[layer]), *weights)
+                    else:
+                        hs[layer] = cell(inp, hs[layer], *weights)
+                    inp = hs[layer]
+                logits = F.linear(inp, head_w, head_b).float()
+            new = (torch.stack(hs), torch.stack(cs)) if lstm else (torch.stack(hs),)
+            ids = torch.stack(drawn) if len(drawn) != 1 else drawn[0].unsqueeze(0)
+        return ids, new, logits
 
 
+#: Either engine: both have ``run(state, logits, uniforms, settings) -> ids, state, logits``.
+Engine = TorchGenerator | fastgen.FastGenerator
 ENGINES = ("auto", "torch", "numba")
 
 
-def _use_numba(model: CharRNN, engine: str) -> bool:
-    from . import fastgen
+def check_engine(engine: str) -> None:
+    """Refuse an ``engine`` that is not one of :data:`ENGINES`."""
+    if engine not in ENGINES:
+        raise CharloomError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
 
+
+def engine_in_use(device: str | torch.device = "cpu") -> str:
+    """What ``engine="auto"`` runs on ``device`` now: ``numba``, ``torch (compiling)`` (the
+    compiled engine is being compiled or loaded; a stream switches to it when it is ready),
+    ``torch (numba not installed)``, ``torch (numba failed: ...)`` or ``torch (not on the
+    CPU)``. For reports such as ``charloom bench``; it starts nothing."""
+    if torch.device(device).type != "cpu":
+        return "torch (not on the CPU)"
+    status = fastgen.status()
+    if status == "ready":
+        return "numba"
+    if status in ("compiling", "idle"):
+        return "torch (compiling)"
+    return f"torch (numba {status})"
+
+
+def _choose(model: CharRNN, engine: str) -> str:
+    """``numba``, ``torch``, or ``pending`` (torch until the compiled engine is ready) for
+    ``engine`` on ``model``'s device; ``numba`` waits for the compiler, since it was asked for."""
+    check_engine(engine)
     if engine == "torch":
-        return False
+        return "torch"
     on_cpu = model.head.weight.device.type == "cpu"
     if engine == "numba":
-        if not fastgen.available():
-            raise CharloomError("the numba engine needs numba: pip install 'charloom[fast]'")
         if not on_cpu:
             raise CharloomError("the numba engine runs on the CPU only")
-        return True
-    if engine != "auto":
-        raise CharloomError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
-    return on_cpu and fastgen.available()
+        if fastgen.status() == "not installed":
+            raise CharloomError(f"the numba engine needs numba: {fastgen.INSTALL_HINT}")
+        if not fastgen.prepare(wait=True):
+            raise CharloomError(f"the numba engine cannot run here ({fastgen.status()})")
+        return "numba"
+    if not on_cpu:
+        return "torch"
+    if fastgen.ready():
+        return "numba"
+    if not fastgen.available():
+        fastgen.prepare()  # says once that numba is missing
+        return "torch"
+    return "pending"  # generate_blocks starts the compiler once the first block is out
 
 
 @torch.no_grad()
 def generate_blocks(
     model: CharRNN, stream: SampleStream, engine: str = "auto"
 ) -> Iterator[torch.Tensor]:
-    """Endless stream of the ids drawn for ``stream``, in blocks ``(n, num_samples)``.
+    """Endless stream of the ids drawn for ``stream``, in blocks ``(n, num_samples)`` of 1, 4,
+    16, then 64 steps (so the first characters show at once).
 
-    ``engine``: ``torch`` (the reference, :class:`TorchGenerator`; blocks of one step),
-    ``numba`` (the compiled loop of ``fastgen.py``, CPU only; blocks of 1, 4, 16, then 64 steps,
-    so the first characters show at once) or ``auto`` (numba where it can run). Blocks stop at
-    exactly ``stream.length`` steps (and go on past it if asked, as bytes mode may need). The
-    same seed gives the same ids whatever the engine and block sizes."""
-    fast = _use_numba(model, engine)
+    ``engine``: ``torch`` (the reference, :class:`TorchGenerator`), ``numba`` (the compiled loop
+    of ``fastgen.py``, CPU only; waits for it to compile) or ``auto``: numba on the CPU where it
+    can run, else torch. While the compiled engine is still being compiled or loaded, ``auto``
+    starts on torch and switches to numba between two blocks once it is ready; if numba fails at
+    run time, ``auto`` says so once and redoes the block on torch. Blocks stop at exactly
+    ``stream.length`` steps (and go on past it if asked, as bytes mode may need). The same seed
+    gives the same ids whatever the engine, the switch and the block sizes."""
+    plan = _choose(model, engine)
     was_training = model.training
     model.eval()
     try:
-        if fast:
-            from .fastgen import FastGenerator
-
-            gen: FastGenerator | TorchGenerator = FastGenerator(model)
-        else:
-            gen = TorchGenerator(model)
+        gen: Engine = TorchGenerator(model)
         state, logits = stream.start(model)
         block, left = 1, stream.length
         while True:
+            if plan in ("numba", "pending") and (plan == "numba" or fastgen.ready()):
+                gen = _compiled(model, engine, gen)
+                plan = "numba" if isinstance(gen, fastgen.FastGenerator) else "torch"
             n = min(block, left) if left > 0 else block
-            ids, state, logits = gen.run(state, logits, stream.uniforms.take(n), stream.settings)
+            u = stream.uniforms.take(n)
+            try:
+                ids, state, logits = gen.run(state, logits, u, stream.settings)
+            except Exception as exc:
+                if not isinstance(gen, fastgen.FastGenerator):
+                    raise
+                gen, plan = _compiled_failed(model, engine, exc), "torch"
+                ids, state, logits = gen.run(state, logits, u, stream.settings)
             yield ids
+            if plan == "pending" and block == 1:
+                # After the first block, so importing numba (a second, holding the
+                # interpreter's lock much of it) does not delay the first character.
+                fastgen.prepare()
             left -= n
-            if fast:
-                block = min(block * 4, Uniforms.BLOCK)
+            block = min(block * 4, Uniforms.BLOCK)
     finally:
         model.train(was_training)
+
+
+def _compiled(model: CharRNN, engine: str, gen: Engine) -> Engine:
+    """The compiled engine for ``model`` (``gen`` if it is one already); where it cannot be
+    built, the torch engine (``auto``) or a one-line error (``numba``)."""
+    if isinstance(gen, fastgen.FastGenerator):
+        return gen
+    try:
+        return fastgen.FastGenerator(model)
+    except Exception as exc:
+        return _compiled_failed(model, engine, exc)
+
+
+def _compiled_failed(model: CharRNN, engine: str, exc: Exception) -> TorchGenerator:
+    """After the compiled engine raised: a one-line error if it was asked for by name, else
+    the torch engine (and one line on stderr, once per process)."""
+    reason = fastgen.one_line(exc)
+    if engine == "numba":
+        raise CharloomError(f"the numba engine failed: {reason}") from exc
+    fastgen.failed(reason)
+    return TorchGenerator(model)
 
 
 def stream_samples(

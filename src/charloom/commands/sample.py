@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device(s, "cpu")
     s.add_argument(
         "--engine", choices=("auto", "torch", "numba"), default="auto",
-        help="generation loop: compiled with numba where installed (auto), or plain torch",
+        help="generation loop: compiled with numba (auto: on the CPU, once compiled; torch "
+        "meanwhile), or plain torch",
     )
     s.set_defaults(handler=run)
 

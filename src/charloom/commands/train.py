@@ -89,9 +89,12 @@ def overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train (or resume, or launch ``--nproc`` processes that train)."""
-    from .. import distributed
+    """Train (or resume, or launch ``--nproc`` processes that train). Meanwhile, a process of
+    its own compiles the sampling engine into numba's cache (see ``fastgen.compile_ahead``)."""
+    from .. import distributed, fastgen
 
+    if not distributed.launched():  # the launcher or a lone process: one compiler per command
+        fastgen.compile_ahead()
     if args.nproc > 1:
         if distributed.launched():
             raise CharloomError("--nproc starts the processes itself; under torchrun leave it out")
