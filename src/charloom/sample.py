@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from .errors import CharloomError
 from .model import CharRNN, State
 from .nextchar import SampleSettings, Uniforms, pick
 from .vocab import Vocab
+
+if TYPE_CHECKING:
+    from .fastgen import FastGenerator
 
 
 def check_length(length: int) -> None:
@@ -171,6 +175,21 @@ def _use_numba(model: CharRNN, engine: str) -> bool:
     if engine != "auto":
         raise CharloomError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     return on_cpu and fastgen.available()
+
+
+def engine_name(model: CharRNN, engine: str = "auto") -> str:
+    """What ``engine`` resolves to for ``model`` - ``numba`` or ``torch`` - by the rule
+    :func:`generate_blocks` follows, so that other drivers (the server) choose as it does."""
+    return "numba" if _use_numba(model, engine) else "torch"
+
+
+def make_generator(model: CharRNN, engine: str = "auto") -> FastGenerator | TorchGenerator:
+    """The engine object ``engine`` names for ``model`` (see :func:`engine_name`)."""
+    if engine_name(model, engine) == "numba":
+        from .fastgen import FastGenerator
+
+        return FastGenerator(model)
+    return TorchGenerator(model)
 
 
 @torch.no_grad()
