@@ -28,6 +28,8 @@ draw only when a uniform falls within about 1e-7 of a boundary). numba is option
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -254,7 +256,7 @@ if HAVE_NUMBA:
             count += arg[j] < target
         return min(count, v - 1)
 
-    @numba.njit(cache=True, error_model="numpy")
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
     def _run_block(
         kind,
         s0,
@@ -322,7 +324,7 @@ if HAVE_NUMBA:
     # One stream block per thread; a single block runs ``_run_block`` directly, without starting
     # threads (a separate function: numba's on-disk cache does not tell two compilations of one
     # function apart by their options).
-    @numba.njit(cache=True, parallel=True, error_model="numpy")
+    @numba.njit(cache=True, nogil=True, parallel=True, error_model="numpy")
     def _generate_parallel(
         blocks,
         kind,
@@ -371,6 +373,10 @@ if HAVE_NUMBA:
 
 # Below this many streams per thread, starting threads costs more than it saves.
 _STREAMS_PER_THREAD = 2
+# The compiled loop releases the GIL (nogil), so that a server's event loop keeps running while
+# it computes; numba's simplest threading layer (workqueue) then needs its parallel regions
+# started one at a time, which the GIL used to ensure.
+_PARALLEL = threading.Lock()
 
 
 class FastGenerator:
@@ -441,7 +447,8 @@ class FastGenerator:
         top_p = np.float32(1.0 if settings.top_p is None else settings.top_p)
         rest = (self.head_b, h, c, lg, u, np.float32(settings.temperature), top_k, top_p)
         if blocks > 1:
-            _generate_parallel(blocks, self.kind, *weights, *rest, settings.greedy, out)
+            with _PARALLEL:
+                _generate_parallel(blocks, self.kind, *weights, *rest, settings.greedy, out)
         else:
             _run_block(self.kind, 0, streams, *weights, *rest, settings.greedy, out)
         new_state = (
