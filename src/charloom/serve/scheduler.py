@@ -242,22 +242,24 @@ class Scheduler:
             if not jobs:
                 return jobs
             self.stepper.step(jobs, interrupted=lambda: not self._inbox.empty())
-        # Text goes out once per chunk_ms per job (and at its end), however short the chunks
-        # (they end early when requests arrive): each delivery costs the event loop an event.
+        # Completed jobs' answers go out first, at once. Other jobs' text goes out once per
+        # chunk_ms (however short the chunks: they end early when requests arrive), since each
+        # delivery costs decoding here and an event on the event loop.
         now = time.perf_counter()
-        batch: list[tuple[GenerateJob | NextJob, list]] = []
-        for job in jobs:
-            if not job.finished and now - job.delivered_at < self.chunk_s:
-                continue
-            job.delivered_at = now
-            items: list[tuple[str, object]] = []
-            texts = job.take_fresh()
-            if any(texts):
-                items.append(("text", texts))
-            if job.finished:
-                items.append(("done", None))
-            batch.append((job, items))
-        self._post_all(batch)
+        for due in ([j for j in jobs if j.finished], [j for j in jobs if not j.finished]):
+            batch: list[tuple[GenerateJob | NextJob, list]] = []
+            for job in due:
+                if not job.finished and now - job.delivered_at < self.chunk_s:
+                    continue
+                job.delivered_at = now
+                items: list[tuple[str, object]] = []
+                texts = job.take_fresh()
+                if any(texts):
+                    items.append(("text", texts))
+                if job.finished:
+                    items.append(("done", None))
+                batch.append((job, items))
+            self._post_all(batch)
         return [j for j in jobs if not (j.finished or j.cancelled)]
 
     def _warm_up(self) -> None:
