@@ -6,9 +6,10 @@ samples become columns of one batch, stepped by the engine ``charloom sample`` u
 compiled loop of ``fastgen.py`` on a CPU with numba), many steps per call: see
 ``stepping.py``. The worker steps one chunk (at most ``chunk_ms``, and never past the first
 job's completion), hands the new text to the event loop, takes in new requests (running their
-primes) and drops finished or abandoned ones, then steps again. A long request therefore delays
-a short one by at most one chunk, never by its length, and a request whose client went away
-stops costing anything at the next chunk boundary.
+primes) and drops finished or abandoned ones, then steps again. A chunk ends early when a
+request arrives, and a newcomer's first chunk runs on its own (every other round at most). A
+long request therefore delays a short one by about one block of a chunk, never by its length,
+and a request whose client went away stops costing anything at the next chunk boundary.
 
 The worker is one thread of its own, so the event loop keeps answering HTTP between chunks and
 the model keeps stepping while the loop is busy with HTTP. They share little: the loop puts new
@@ -73,6 +74,7 @@ class Scheduler:
         self._admitted: set = set()  # jobs submitted and not yet over (event-loop side)
         self._stepping = (0, 0)  # (requests, samples) in the worker's batch (worker side)
         self._current: list[GenerateJob] = []  # the worker's batch (worker side)
+        self._newcomers_alone = False  # whether the last round stepped only new jobs (worker)
         self.chars_generated = 0
         self.requests_served = 0
 
@@ -236,12 +238,19 @@ class Scheduler:
         """Admit new jobs, step all for one chunk, deliver; return the jobs still running."""
         with torch.inference_mode():
             admitted = self._admit()
-            jobs = [j for j in jobs + admitted if not j.cancelled]
+            running = [j for j in jobs if not j.cancelled]
+            jobs = running + [j for j in admitted if not j.cancelled]
             self._current = jobs
             self._stepping = (len(jobs), sum(j.rows for j in jobs))
             if not jobs:
                 return jobs
-            self.stepper.step(jobs, interrupted=lambda: not self._inbox.empty())
+            # Newcomers take their first chunk on their own, so that a short request is done
+            # without waiting for the running batch's steps; every other round at most, so
+            # that arrivals cannot hold the running requests back for more than a chunk.
+            alone = len(jobs) > len(running) > 0 and not self._newcomers_alone
+            self._newcomers_alone = alone
+            stepped = jobs[len(running) :] if alone else jobs
+            self.stepper.step(stepped, interrupted=lambda: not self._inbox.empty())
         # Completed jobs' answers go out first, at once. Other jobs' text goes out once per
         # chunk_ms (however short the chunks: they end early when requests arrive), since each
         # delivery costs decoding here and an event on the event loop.

@@ -12,7 +12,7 @@ group is one call per block; the random numbers are per column, so a seeded job 
 with others and still draws from its own stream. How many steps: as many as fit in ``chunk_s``
 at the rate the last chunks ran (but at least ``MIN_BLOCK``), and never past the step at which
 the first job can complete (its answer then goes out at once, and no step is wasted). The chunk
-runs in blocks of about an eighth of that; between blocks it ends early if ``interrupted()``
+runs in blocks of about a sixteenth of that; between blocks it ends early if ``interrupted()``
 says so (a new request is waiting), so a request waits for about one block, not a whole chunk,
 to join.
 """
@@ -34,7 +34,7 @@ from .jobs import GenerateJob
 #: The most steps in one chunk, whatever the rate: bounds the text held back from a stream.
 MAX_STEPS = 2048
 #: Blocks per chunk: how much sooner than a whole chunk a waiting request joins.
-BLOCKS = 8
+BLOCKS = 16
 #: The fewest steps in one engine call (unless a job completes sooner): below this the cost
 #: per call outweighs the steps, and a rate measured on tiny calls would keep chunks tiny.
 MIN_BLOCK = 16
@@ -51,18 +51,20 @@ class Stepper:
         self.chunk_s = chunk_s
         # Unseeded requests share one generator: their columns come from one draw per chunk.
         self._shared = seeded_generator(None)
-        # Measured seconds per step of one column (a running average); None: not measured yet,
-        # so the first chunk takes MIN_BLOCK steps and measures.
-        self._column_step_s: float | None = None
+        # Measured seconds per step of one column (a running average), by the batch's number of
+        # columns rounded to a power of two (a call's fixed cost weighs more on few columns);
+        # none yet for a size: its first chunk takes MIN_BLOCK steps and measures.
+        self._column_step_s: dict[int, float] = {}
 
     def steps_for(self, jobs: list[GenerateJob]) -> int:
         """How many steps the next chunk of ``jobs`` takes at most (see the module docstring)."""
         columns = sum(job.rows for job in jobs)
+        rate = self._column_step_s.get(columns.bit_length())
         steps = MAX_STEPS
-        if self._column_step_s is None:
+        if rate is None:
             steps = MIN_BLOCK
-        elif self._column_step_s > 0:
-            steps = int(self.chunk_s / (columns * self._column_step_s))
+        elif rate > 0:
+            steps = int(self.chunk_s / (columns * rate))
         return max(1, min(max(steps, MIN_BLOCK), MAX_STEPS, *(job.steps_left for job in jobs)))
 
     def step(self, jobs: list[GenerateJob], interrupted: Callable[[], bool] = lambda: False) -> int:
@@ -88,14 +90,17 @@ class Stepper:
             group.scatter(done)
         # The time per column-step, everything included: a chunk's length is what a waiting
         # request waits, whatever it was spent on.
-        measured = (time.perf_counter() - start) / (done * sum(job.rows for job in jobs))
-        last = self._column_step_s
-        self._column_step_s = measured if last is None else (last + measured) / 2
+        columns = sum(job.rows for job in jobs)
+        measured = (time.perf_counter() - start) / (done * columns)
+        last = self._column_step_s.get(columns.bit_length())
+        self._column_step_s[columns.bit_length()] = (
+            measured if last is None else (last + measured) / 2
+        )
         return done
 
     def forget_rate(self) -> None:
-        """Drop the measured rate (after a warm-up, whose first calls compile)."""
-        self._column_step_s = None
+        """Drop the measured rates (after a warm-up, whose first calls compile)."""
+        self._column_step_s.clear()
 
 
 @dataclass(eq=False)
