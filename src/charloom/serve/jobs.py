@@ -66,6 +66,13 @@ class GenerateJob:
         assert stream is not None  # set by prime(), which runs before any step
         return max(1, stream.length - min(stream.counts) - self.pending_steps)
 
+    @property
+    def fresh_start(self) -> bool:
+        """Whether no step has been taken yet (its first chunk is kept short, so that its first
+        characters go out at once however long the request)."""
+        stream = self.stream
+        return stream is not None and self.pending_steps == 0 and max(stream.counts) == 0
+
     def draw(self, steps: int) -> torch.Tensor:
         """A seeded job's next ``steps`` uniforms ``(steps, num_samples)``: those given back
         (:meth:`give_back`) first, then its stream's, so it consumes them in the order
