@@ -11,7 +11,7 @@ settings (temperature, top-k, top-p, greedy) are per call, so jobs are grouped b
 group is one call per block; the random numbers are per column, so a seeded job shares a call
 with others and still draws from its own stream. How many steps: as many as fit in ``chunk_s``
 at the rate the last chunks ran (but at least ``MIN_BLOCK``), and never past the step at which
-the first job can complete (its answer then goes out at once, and no step is wasted); a new
+the first job can complete (its answer then goes out at once, and no step is wasted); a long new
 request's first chunk is ``MIN_BLOCK`` steps, so its first characters go out at once. The chunk
 runs in blocks of about a sixteenth of that; between blocks it ends early if ``interrupted()``
 says so (a new request is waiting), so a request waits for about one block, not a whole chunk,
@@ -66,8 +66,8 @@ class Stepper:
             steps = MIN_BLOCK
         elif rate > 0:
             steps = int(self.chunk_s / (columns * rate))
-        if any(job.fresh_start for job in jobs):
-            steps = MIN_BLOCK  # a new request's first characters show at once, as in the CLI
+        if any(job.fresh_start and job.steps_left > 4 * MIN_BLOCK for job in jobs):
+            steps = MIN_BLOCK  # a long new request's first characters show at once
         return max(1, min(max(steps, MIN_BLOCK), MAX_STEPS, *(job.steps_left for job in jobs)))
 
     def step(self, jobs: list[GenerateJob], interrupted: Callable[[], bool] = lambda: False) -> int:
