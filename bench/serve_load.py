@@ -1,19 +1,24 @@
-"""Load test of ``charloom serve``: a real uvicorn on loopback, hammered by many clients.
+"""Load test of ``charloom serve``: a real uvicorn on loopback, against ``charloom sample``.
 
-    python bench/serve_load.py [--run RUN] [--streams 64] [--short 1000] [--json]
+    python bench/serve_load.py [--run RUN] [--streams 64] [--stream-length 20000] [--json]
 
-Starts ``charloom serve`` in a subprocess on 127.0.0.1 (a free port) - with RUN, or with a tiny
-model trained here on the built-in corpus - then, at the same time,
+Trains a tiny model on the built-in corpus (or takes RUN), measures ``sample(num_samples=64)``
+in this process - the offline figure the server is held to - then starts ``charloom serve`` in
+a subprocess on 127.0.0.1 (a free port) and measures, one phase after another:
 
-- opens ``--streams`` streaming requests of ``--stream-length`` characters each, and
-- sends ``--short`` short requests (``--short-length`` characters, not streamed),
-  ``--concurrency`` at a time,
+- short requests alone (``--short`` of ``--short-length`` characters, not streamed,
+  ``--concurrency`` at a time: one by default, so the latency is one request's);
+- ``--streams`` streaming requests of ``--stream-length`` characters, unseeded, then each with
+  its own seed: characters per second from the first request sent to the last stream done;
+- the same unseeded streams with the short requests sent alongside them until they end;
+- malformed, oversized and out-of-range requests and streams abandoned half-way: the server must
+  refuse each politely (4xx, never 5xx), drop the abandoned work, and still answer.
 
-and records every request's latency; then sends malformed, oversized and out-of-range requests
-and abandons streams half-way, and checks that the server refused each politely (4xx, never
-5xx), dropped the abandoned work, and still answers. Prints a Markdown table (or JSON) with the
-error count and p50/p90/p99 latencies. Only 127.0.0.1 is ever contacted; every phase is bounded
-in requests and time. The test suite runs a smaller version (tests/test_serve_live.py).
+The targets: 64 streams reach at least half the offline characters per second, seeded and
+unseeded; a short request's median latency alongside them is at most twice its latency alone.
+Prints JSON (``--json``) or a Markdown table naming the machine (processor from lscpu, cores,
+torch, the fp32 matrix-multiply rate). Only 127.0.0.1 is ever contacted; every phase is
+bounded in requests and time. The test suite runs a smaller version (tests/test_serve_live.py).
 """
 
 from __future__ import annotations
@@ -246,20 +251,22 @@ async def load(
     concurrency: int = 32,
     timeout: float = 120.0,
     seeded: bool = False,
+    only_alongside: bool = False,
 ) -> dict:
     """Streams and short requests at the same time; latencies and errors of each kind.
 
     Each stream has a connection of its own; the short requests go over ``concurrency``
     kept-alive connections, one request at a time on each. ``seeded``: every request brings
-    its own seed (each then samples on its own, the slower case) rather than none (requests
-    with the same settings are then sampled together)."""
+    its own seed (it then draws its own random numbers) rather than none (requests with the
+    same settings then share the server's). ``only_alongside``: send short requests only while
+    the streams run (at most ``short``)."""
     todo = list(range(short))
     short_results: list[dict] = []
 
     async def short_worker() -> None:
         conn = Connection(base)
         try:
-            while todo:
+            while todo and not (only_alongside and all(t.done() for t in stream_tasks)):
                 n = todo.pop()
                 seed = n if seeded else None
                 result = await guarded(one_short(conn, short_length, seed), timeout)
@@ -270,12 +277,14 @@ async def load(
             await conn.close()
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    stream_tasks = [
-        asyncio.create_task(
-            guarded(one_stream(base, stream_length, n if seeded else None), timeout)
-        )
-        for n in range(streams)
-    ]
+    stream_end = [t0]
+
+    async def timed_stream(n: int) -> dict:
+        result = await guarded(one_stream(base, stream_length, n if seeded else None), timeout)
+        stream_end[0] = max(stream_end[0], time.perf_counter())
+        return result
+
+    stream_tasks = [asyncio.create_task(timed_stream(n)) for n in range(streams)]
     if streams:
         await asyncio.sleep(0.2)  # let the streams get going: the short requests must cut in
     await asyncio.gather(*(short_worker() for _ in range(concurrency)))
@@ -298,8 +307,11 @@ async def load(
         "stream_total": percentiles([r["total"] for r in stream_results if "error" not in r]),
         "short_total": percentiles([r["total"] for r in short_results if "error" not in r]),
         "chars_per_s": round(
-            (streams * stream_length + short * short_length) / wall if wall else 0.0
+            (streams * stream_length + len(short_results) * short_length) / wall if wall else 0.0
         ),
+        "stream_chars_per_s": round(streams * stream_length / (stream_end[0] - t0))
+        if streams
+        else None,
     }
 
 
@@ -403,17 +415,101 @@ async def abuse(base: str, abandoned: int = 16, timeout: float = 30.0) -> dict:
     return {"cases": len(results) + abandoned, "failures": failures, "results": results}
 
 
+# --- the machine and the offline reference ----------------------------------------------------
+def machine() -> dict:
+    """The processor as lscpu names it, the cores, torch, and the fp32 matrix-multiply rate
+    (``charloom.bench.matmul_peak``), so that figures from two machines are not compared."""
+    import torch
+
+    from charloom.bench import matmul_peak
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in out.splitlines()
+            if line.startswith("Model name")
+        )
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "fp32_matmul_gflops": round(matmul_peak(torch.float32, min_time=0.5) / 1e9, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def offline_chars_per_s(run: Path, streams: int, length: int) -> dict:
+    """``sample(num_samples=streams)`` of ``length`` characters with the run's model, in this
+    process, as ``charloom sample`` runs it: new characters per second, and the engine."""
+    import charloom
+    from charloom.sample import engine_name
+
+    model = charloom.load(run)
+    model.sample("Th", 64, num_samples=streams, seed=0)  # compile (or load) and warm up
+    start = time.perf_counter()
+    texts = model.sample("Th", length, num_samples=streams, seed=1)
+    elapsed = time.perf_counter() - start
+    return {
+        "chars_per_s": round(sum(len(t) - 2 for t in texts) / elapsed),
+        "engine": engine_name(model.model),
+    }
+
+
 # --- report -----------------------------------------------------------------------------------
+def targets(report: dict) -> dict:
+    """The issue's targets, from the figures of this run."""
+    offline = report["offline"]["chars_per_s"]
+    alone = report["alone"]["short_total"].get("p50_ms")
+    along = report["alongside"]["short_total"].get("p50_ms")
+    return {
+        "unseeded_over_offline": round(report["unseeded"]["stream_chars_per_s"] / offline, 3),
+        "seeded_over_offline": round(report["seeded"]["stream_chars_per_s"] / offline, 3),
+        "short_p50_alongside_over_alone": round(along / alone, 2) if alone and along else None,
+    }
+
+
 def table(report: dict) -> str:
-    rows = [
-        ("streaming: first character", report["load"]["stream_first_char"]),
-        ("streaming: whole stream", report["load"]["stream_total"]),
-        ("short requests, alongside the streams", report["load"]["short_total"]),
-        ("short requests, alone (reference)", report["alone"]["short_total"]),
-    ]
+    m, t, off = report["machine"], report["targets"], report["offline"]
+    streams = report["unseeded"]["streams"]
     lines = [
+        f"machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
+        f"fp32 matmul {m['fp32_matmul_gflops']:,} GFLOP/s, load average {m['load_average']}",
+        f"model: {report['model']}",
+        "",
+        "| measure | measured | target |",
+        "|---|---:|---:|",
+        f"| offline: `sample(num_samples={streams})`, {off['engine']} engine | "
+        f"{off['chars_per_s']:,} chars/s | |",
+    ]
+    for key, what in (("unseeded", "unseeded"), ("seeded", "each with its own seed")):
+        ld = report[key]
+        lines.append(
+            f"| server: {streams} streaming requests x {ld['stream_length']:,} chars, {what} | "
+            f"{ld['stream_chars_per_s']:,} chars/s ({t[key + '_over_offline']:.2f}x offline) | "
+            ">= 0.5x |"
+        )
+    alone, along = report["alone"]["short_total"], report["alongside"]["short_total"]
+    lines += [
+        f"| short request ({report['alone']['short_length']} chars), p50 alone | "
+        f"{alone.get('p50_ms')} ms | |",
+        f"| short request, p50 alongside {streams} streams | {along.get('p50_ms')} ms "
+        f"({t['short_p50_alongside_over_alone']}x alone) | <= 2x |",
+        "",
         "| requests | n | p50 ms | p90 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|---:|",
+    ]
+    rows = [
+        ("streaming: first character (unseeded)", report["unseeded"]["stream_first_char"]),
+        ("streaming: whole stream (unseeded)", report["unseeded"]["stream_total"]),
+        ("streaming: whole stream (seeded)", report["seeded"]["stream_total"]),
+        ("short requests, alone", alone),
+        ("short requests, alongside the streams", along),
     ]
     for name, p in rows:
         if p.get("n"):
@@ -428,69 +524,56 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", help="run directory (default: train a tiny model here)")
     ap.add_argument("--streams", type=int, default=64)
-    ap.add_argument("--short", type=int, default=1000)
-    ap.add_argument("--stream-length", type=int, default=2000)
+    ap.add_argument("--stream-length", type=int, default=20000)
+    ap.add_argument("--short", type=int, default=200)
     ap.add_argument("--short-length", type=int, default=20)
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--seeded", action="store_true", help="every request with its own seed")
+    ap.add_argument("--concurrency", type=int, default=1, help="short requests at a time")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else train_tiny(Path(tmp) / "tiny")
-        with running_server(run) as server:
+        report: dict = {"machine": machine()}
+        report["offline"] = offline_chars_per_s(run, args.streams, args.stream_length)
+        limits = ("--max-length", str(max(2000, args.stream_length)))
+        limits += ("--max-active", str(max(512, 2 * args.streams)))
+        with running_server(run, limits) as server:
             base = server.url
             model = httpx.get(base + "/v1/model").json()
-            # The reference: the same short requests with nothing else running.
-            alone = asyncio.run(
-                load(
-                    base, 0, args.short, 0, args.short_length, args.concurrency, seeded=args.seeded
-                )
-            )
-            cpu_before = server.cpu_seconds()
-            report = {
-                "machine": {
-                    "cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(),
-                    "python": platform.python_version(),
-                },
-                "model": f"{model['model']['kind']} {model['model']['layers']}x"
+            report["model"] = (
+                f"{model['model']['kind']} {model['model']['layers']}x"
                 f"{model['model']['hidden']}, {model['parameters']:,} parameters, "
-                f"vocabulary {model['vocab']['size']}",
-                "load": asyncio.run(
-                    load(
-                        base,
-                        args.streams,
-                        args.short,
-                        args.stream_length,
-                        args.short_length,
-                        args.concurrency,
-                        seeded=args.seeded,
-                    )
-                ),
-            }
-            cpu_after = server.cpu_seconds()
-            if cpu_before is not None and cpu_after is not None:
-                report["load"]["server_cpu_s"] = round(cpu_after - cpu_before, 2)
-            report["alone"] = alone
+                f"vocabulary {model['vocab']['size']}"
+            )
+            short = (args.short, 0, args.short_length, args.concurrency)
+            streams = (args.streams, 0, args.stream_length, args.short_length, args.concurrency)
+            report["alone"] = asyncio.run(load(base, 0, *short))
+            for key, seeded in (("unseeded", False), ("seeded", True)):
+                cpu = server.cpu_seconds()
+                report[key] = asyncio.run(load(base, *streams, seeded=seeded))
+                if cpu is not None:
+                    report[key]["server_cpu_s"] = round((server.cpu_seconds() or 0) - cpu, 2)
+            n, _, length, short_length, concurrency = streams
+            report["alongside"] = asyncio.run(
+                load(base, n, args.short, length, short_length, concurrency, only_alongside=True)
+            )
             report["abuse"] = asyncio.run(abuse(base))
+        report["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["targets"] = targets(report)
+    phases = ("alone", "unseeded", "seeded", "alongside")
+    errors = [e for key in phases for e in report[key]["error_examples"]]
+    failed = sum(report[key]["errors"] for key in phases) or report["abuse"]["failures"]
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        ld, ab = report["load"], report["abuse"]
-        print(f"machine: {report['machine']}\nmodel: {report['model']}")
-        print(
-            f"{ld['streams']} streams x {ld['stream_length']} chars alongside {ld['short']} short "
-            f"requests x {ld['short_length']} chars ({ld['concurrency']} at a time): "
-            f"{ld['errors']} errors, {ld['wall_s']} s, {ld['chars_per_s']:,} chars/s, "
-            f"server CPU {ld.get('server_cpu_s', '?')} s, client CPU {ld['client_cpu_s']} s\n"
-        )
         print(table(report))
-        ratio = ld["short_total"]["p50_ms"] / report["alone"]["short_total"]["p50_ms"]
-        print(f"\nshort-request p50 alongside the streams / alone: {ratio:.2f}")
-        print(f"\nbad requests: {ab['cases']} sent, {len(ab['failures'])} answered wrongly")
-        for f in ab["failures"] + ld["error_examples"]:
+        ab = report["abuse"]
+        print(
+            f"\nerrors: {sum(report[key]['errors'] for key in phases)}; bad requests: "
+            f"{ab['cases']} sent, {len(ab['failures'])} answered wrongly"
+        )
+        for f in ab["failures"] + errors:
             print("  " + f)
-    return 1 if report["load"]["errors"] or report["abuse"]["failures"] else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

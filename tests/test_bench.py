@@ -47,6 +47,14 @@ def test_generation_speed_counts_new_characters(seed_size_model, streams, monkey
     assert rate == streams * 30
 
 
+@pytest.mark.parametrize("seeded", [False, True])
+def test_server_speed_counts_every_streams_new_characters(seed_size_model, seeded, monkeypatch):
+    pytest.importorskip("fastapi", reason="needs the serve extra")
+    # As above: the clock is read once before the requests go out and once after all are done.
+    monkeypatch.setattr(bench, "time", fake_clock(1.0))
+    assert bench.server_chars_per_s(seed_size_model, 5, 70, seeded) == 5 * 70
+
+
 def test_timed_is_seconds_per_call_after_a_warm_up(monkeypatch):
     clock = fake_clock(0.0)  # time passes only in the timed function: 0.5 s a call
 
@@ -78,7 +86,7 @@ def test_model_flops_count_by_hand(kind, gates):
     assert bench.flops_per_char(cfg) == 3 * 2 * macs
 
 
-def _fake_suite(monkeypatch, tmp_path, bf16: bool):
+def _fake_suite(monkeypatch, tmp_path, bf16: bool, server: bool = True):
     speeds = {"cell": 4_000.0, "fp32": 150_000.0, "bf16": 240_000.0}
     # A machine with native bf16 (where `auto` means bf16), or one without a bf16 LSTM kernel.
     auto = "bf16" if bf16 else "fp32"
@@ -108,6 +116,11 @@ def _fake_suite(monkeypatch, tmp_path, bf16: bool):
         "generation_chars_per_s",
         lambda m, streams, n, engine="auto": (500.0 if engine == "torch" else 1000.0) * streams,
     )
+    monkeypatch.setattr(bench, "server_available", lambda: server)
+    server_speeds = {False: 500.0, True: 300.0}  # per stream, unseeded and seeded
+    monkeypatch.setattr(
+        bench, "server_chars_per_s", lambda m, streams, n, seeded: server_speeds[seeded] * streams
+    )
     monkeypatch.setattr(bench, "_quality_run", quality)
     data = tmp_path / "text.txt"
     data.write_text("The quick brown fox jumps over the lazy dog.\n" * 200, encoding="utf-8")
@@ -129,6 +142,15 @@ def test_a_cpu_without_bf16_lstm_gets_no_bf16_row(monkeypatch, tmp_path):
     assert r["bf16_over_fp32"] is None and r["bf16_efficiency_vs_bf16_peak"] is None
     out = bench.table(r)
     assert out.count(bench.NO_BF16) == 3
+    assert json.loads(json.dumps(r)) == r
+
+
+def test_without_fastapi_the_server_rows_say_why(monkeypatch, tmp_path):
+    r, _, _, _ = _fake_suite(monkeypatch, tmp_path, bf16=True, server=False)
+    for key in ("server", "server_seeded"):
+        assert r[f"{key}_chars_per_s"] is None and r[f"{key}_over_offline"] is None
+    assert r["server_missing"] == bench.NO_SERVER
+    assert bench.table(r).count(bench.NO_SERVER) == 2
     assert json.loads(json.dumps(r)) == r
 
 
@@ -155,6 +177,10 @@ def test_suite_ratios_are_the_measured_components(fake_suite):
     assert r["gen_torch_chars_per_s"] == 500.0  # the torch engine alone, one stream
     assert r["gen_torch_speedup_vs_seed"] == pytest.approx(500.0 / r["gen_lecture_chars_per_s"])
     assert r["gen_engine"] in ("numba", "torch (compiling)", "torch (numba not installed)")
+    # serving: 64 streaming requests, against sample(num_samples=64) of the same run
+    assert r["server_chars_per_s"] == 32_000.0 and r["server_seeded_chars_per_s"] == 19_200.0
+    assert r["server_over_offline"] == 32_000.0 / r["gen_batched_chars_per_s"] == 0.5
+    assert r["server_seeded_over_offline"] == 19_200.0 / r["gen_batched_chars_per_s"]
     # --quick: the 90 s quality run only, on the given text; eval speed from its timing
     assert quality_runs == [(data, "90s")]
     assert "quality_5m" not in r and "val_loss_5m" not in r
@@ -171,7 +197,8 @@ def test_suite_results_are_typed_json_that_names_its_text(fake_suite):
     assert r["train_fast_precision"] == "bf16"  # what `auto` resolved to
     assert r["train_fast_batch"] == "32x64"  # the tiny preset's batch, as run
     for key, value in r.items():
-        if key.endswith(("_chars_per_s", "_efficiency", "_over_fp32")) or "speedup" in key:
+        suffixes = ("_chars_per_s", "_efficiency", "_over_fp32", "_over_offline")
+        if key.endswith(suffixes) or "speedup" in key:
             assert isinstance(value, float) and value > 0, key
 
 
@@ -191,6 +218,8 @@ def test_table_lists_what_the_json_holds(fake_suite):
         "eval_chars_per_s",
     ):
         assert f"{r[key]:,.0f}" in out, key
+    for key in ("server", "server_seeded"):
+        assert f"{r[key + '_chars_per_s']:,.0f} ({r[key + '_over_offline']:.2f}x offline)" in out
     for key in ("train_speedup_vs_seed", "train_speedup_vs_seed_fp32", "gen_speedup_vs_seed"):
         assert f"{r[key]:.1f}x" in out, key
     assert f"{r['fp32_efficiency']:.2f}" in out and f"{r['bf16_over_fp32']:.2f}x" in out

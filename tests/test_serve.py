@@ -442,22 +442,18 @@ def test_a_model_failure_is_a_500_and_the_server_keeps_serving(model):
 
 def test_a_failure_while_streaming_is_an_error_event(model):
     app = create_app(model, LIMITS)
-    scheduler = app.state.scheduler
+    stepper = app.state.scheduler.stepper
+    engine = stepper.generator
 
-    class FailsWhileStepping(torch.nn.Module):
-        head = model.model.head
-
-        def forward(self, ids, state=None):  # the prime works
-            return model.model(ids, state)
-
-        def step(self, ids, state=None):  # the steps do not
+    class FailsWhileStepping:  # the prime works (it runs on the model); the steps do not
+        def run(self, state, logits, uniforms, settings):
             raise RuntimeError("out of memory, say")
 
     async def scenario(client):
-        scheduler.model = FailsWhileStepping()
+        stepper.generator = FailsWhileStepping()
         body = {"length": 50, "stream": True}
         failed = await client.post("/v1/generate", json=body)
-        scheduler.model = model.model
+        stepper.generator = engine
         return failed, await client.post("/v1/generate", json=body)
 
     failed, ok = run(app, scenario)

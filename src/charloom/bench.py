@@ -1,5 +1,5 @@
-"""The benchmark suite: training speed, hardware efficiency, generation speed, evaluation speed and
-quality per minute, measured side by side in one run on this machine.
+"""The benchmark suite: training speed, hardware efficiency, generation speed, serving speed,
+evaluation speed and quality per minute, measured side by side in one run on this machine.
 
     charloom bench [--quick] [--json] [--data tinyshakespeare.txt]
 
@@ -8,12 +8,15 @@ environment variable ``CHARLOOM_BENCH_DATA``, else on the built-in python-docs c
 results say which.
 
 Every speed is a ratio against a reference measured in the same process: the lecture's per-step
-training loop, the lecture's per-character sampling loop, and square matrix multiplications for
-the machine's arithmetic peak. Nothing here passes or fails: it reports what it measured.
+training loop, the lecture's per-character sampling loop, square matrix multiplications for
+the machine's arithmetic peak, and ``sample(num_samples=64)`` for the server's 64 streaming
+requests. Nothing here passes or fails: it reports what it measured.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -153,6 +156,89 @@ def generation_chars_per_s(model: CharRNN, streams: int, n: int, engine: str = "
     return sum(len(t) - 1 for t in texts) / elapsed
 
 
+#: Why ``server_chars_per_s`` is None where the server cannot run.
+NO_SERVER = "- (FastAPI is not installed: pip install 'charloom[serve]')"
+
+
+def server_available() -> bool:
+    """Whether the server's app can be built here: it needs FastAPI (uvicorn is not needed to
+    drive the app in-process)."""
+    return importlib.util.find_spec("fastapi") is not None
+
+
+def server_chars_per_s(model: CharRNN, streams: int, n: int, seeded: bool = False) -> float:
+    """New characters per second of ``streams`` concurrent streaming ``/v1/generate`` requests of
+    ``n`` characters each, unseeded (the default request) or each with its own seed: through the
+    server's ASGI app in this process - validation, the scheduler, server-sent events - as a
+    client gets them, less only the HTTP parsing of a server such as uvicorn."""
+    from .charmodel import CharModel
+    from .serve.app import create_app
+    from .serve.limits import ServeLimits
+
+    vocab = Vocab.build("printable")
+    limits = ServeLimits(max_length=n, max_active=max(512, streams))
+    app = create_app(CharModel(model, vocab, False, {}, Path("bench")), limits)
+
+    async def measure() -> float:
+        try:
+            await _asgi_stream(app, {"prime": "T", "length": 64, "stream": True})  # warm up
+            start = time.perf_counter()
+            made = await asyncio.gather(
+                *(
+                    _asgi_stream(
+                        app,
+                        {"prime": "T", "length": n, "stream": True, "seed": i if seeded else None},
+                    )
+                    for i in range(streams)
+                )
+            )
+            elapsed = time.perf_counter() - start
+        finally:
+            await app.state.scheduler.close()
+        return sum(made) / elapsed
+
+    return asyncio.run(measure())
+
+
+async def _asgi_stream(app: Any, body: dict) -> int:
+    """POST ``body`` to ``/v1/generate`` through the ASGI interface and read the event stream to
+    its end; returns the number of new characters its ``done`` event holds."""
+    sent, pieces = False, []
+
+    async def receive() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        await asyncio.Event().wait()  # the client stays: wait until the response is over
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body":
+            pieces.append(message.get("body", b""))
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/generate",
+        "raw_path": b"/v1/generate",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"bench")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    last = b"".join(pieces).rstrip().rsplit(b"\n\n", 1)[-1].decode()
+    event, data = (line.split(": ", 1)[1] for line in last.split("\n"))
+    if event != "done":
+        raise CharloomError(f"the server's stream ended with {event}: {data}")
+    return sum(len(c) for c in json.loads(data)["completions"])
+
+
 def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
     """``charloom train DATA --time T`` with no size flags, then ``charloom eval`` on the held-out
     last 10% of the text; both as a user runs them."""
@@ -270,6 +356,18 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     results["gen_torch_chars_per_s"] = torch_one
     results["gen_torch_speedup_vs_seed"] = torch_one / lecture_cps
 
+    log("serving speed: 64 streaming requests through the server's app ...")
+    results["server_chars_per_s"] = results["server_seeded_chars_per_s"] = None
+    results["server_over_offline"] = results["server_seeded_over_offline"] = None
+    if server_available():
+        n_server = 4000 if quick else 16000
+        for key, seeded in (("server", False), ("server_seeded", True)):
+            cps = server_chars_per_s(model, 64, n_server, seeded)
+            results[f"{key}_chars_per_s"] = cps
+            results[f"{key}_over_offline"] = cps / many
+    else:
+        results["server_missing"] = NO_SERVER
+
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         corpus = data or (workdir / "corpus.txt")
@@ -291,6 +389,15 @@ def _fallback_text() -> str:
     from .corpus import load_builtin
 
     return load_builtin("python-docs")
+
+
+def _server_rows(r: dict) -> list[tuple[str, str]]:
+    rows = []
+    for key, what in (("server", "unseeded"), ("server_seeded", "seeded")):
+        cps, ratio = r.get(f"{key}_chars_per_s"), r.get(f"{key}_over_offline")
+        value = f"{cps:,.0f} ({ratio:.2f}x offline)" if cps is not None else NO_SERVER
+        rows.append((f"server, 64 streaming requests, {what} (chars/s)", value))
+    return rows
 
 
 def table(results: dict) -> str:
@@ -336,6 +443,7 @@ def table(results: dict) -> str:
             if "gen_torch_chars_per_s" in r
             else "-",
         ),
+        *_server_rows(r),
         ("eval (chars/s, whole command)", f"{r['eval_chars_per_s']:,.0f}"),
     ]
     for key in ("90s", "5m"):

@@ -224,6 +224,10 @@ def _call_args(
 
 
 # Below this many streams per thread, starting threads costs more than it saves.
+# The compiled loop releases the GIL (nogil), so that a server's event loop keeps running while
+# it computes; numba's simplest threading layer (workqueue) then needs its parallel regions
+# started one at a time, which the GIL used to ensure.
+_PARALLEL = threading.Lock()
 _STREAMS_PER_THREAD = 2
 
 
@@ -297,7 +301,8 @@ class FastGenerator:
         blocks = min(self._kernels.numba.get_num_threads(), streams // _STREAMS_PER_THREAD)
         args = _call_args(self.weights, h, c, lg, u, settings, out)
         if blocks > 1:
-            self._kernels.generate_parallel(blocks, self.kind, *args)
+            with _PARALLEL:
+                self._kernels.generate_parallel(blocks, self.kind, *args)
         else:
             self._kernels.run_block(self.kind, 0, streams, *args)
         new_state = (

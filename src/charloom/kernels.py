@@ -245,7 +245,7 @@ def _draw(logits, temperature, top_k, top_p, greedy, u, arg, e, bits, order):
     return min(count, v - 1)
 
 
-@_jit(error_model="numpy")
+@_jit(nogil=True, error_model="numpy")
 def run_block(
     kind,
     s0,
@@ -312,7 +312,7 @@ def run_block(
 # One stream block per thread; a single block runs ``run_block`` directly, without starting
 # threads (a separate function: numba's on-disk cache does not tell two compilations of one
 # function apart by their options).
-@_jit(parallel=True, error_model="numpy")
+@_jit(nogil=True, parallel=True, error_model="numpy")
 def generate_parallel(
     blocks,
     kind,

@@ -243,6 +243,25 @@ def _choose(model: CharRNN, engine: str) -> str:
     return "pending"  # generate_blocks starts the compiler once the first block is out
 
 
+def engine_name(model: CharRNN, engine: str = "auto") -> str:
+    """What ``engine`` runs for ``model`` now - ``numba`` or ``torch`` - by the rule
+    :func:`generate_blocks` follows, so that other drivers (the server) choose as it does.
+    ``auto`` while the compiled engine is still being compiled: ``torch`` now, and the compile
+    is started (a long-lived driver asks again later)."""
+    choice = _choose(model, engine)
+    if choice == "pending":
+        fastgen.prepare()
+        return "torch"
+    return choice
+
+
+def make_generator(model: CharRNN, engine: str = "auto") -> Engine:
+    """The engine object ``engine`` names for ``model`` now (see :func:`engine_name`)."""
+    if engine_name(model, engine) == "numba":
+        return fastgen.FastGenerator(model)
+    return TorchGenerator(model)
+
+
 @torch.no_grad()
 def generate_blocks(
     model: CharRNN, stream: SampleStream, engine: str = "auto"

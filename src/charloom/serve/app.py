@@ -29,8 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._version import __version__
 from ..charmodel import CharModel
 from ..sample import SampleSettings
+from .jobs import GenerateJob, NextJob
 from .limits import ServeLimits
-from .scheduler import GenerateJob, GenerationFailed, NextJob, Scheduler, ServerBusy
+from .scheduler import GenerationFailed, Scheduler, ServerBusy
 from .schemas import (
     Candidate,
     ErrorResponse,

@@ -2,21 +2,19 @@
 
 Why a single worker: a character model is cheap per step but is stepped thousands of times, and
 on a CPU two requests stepped in two threads mostly fight over the cores. So every request's
-samples become rows of one batch: each step picks the next character of every row (with that
-request's own settings and random numbers, through :func:`charloom.sample.pick`) and runs one
-batched forward. The worker steps for up to ``chunk_ms``, hands the new text to the event loop,
-takes in new requests (running their primes) and drops finished or abandoned ones, then steps
-again; a chunk ends early when a request completes or a new one arrives. A long request
-therefore delays a short one by at most one step, never by its length, and a request whose
-client went away stops costing anything at the next chunk boundary.
+samples become columns of one batch, stepped by the engine ``charloom sample`` uses (the
+compiled loop of ``fastgen.py`` on a CPU with numba), many steps per call: see
+``stepping.py``. The worker steps one chunk (at most ``chunk_ms``, and never past the first
+job's completion), hands the new text to the event loop, takes in new requests (running their
+primes) and drops finished or abandoned ones, then steps again. A chunk ends early when a
+request arrives, and a newcomer's first chunk runs on its own (every other round at most). A
+long request therefore delays a short one by about one block of a chunk, never by its length,
+and a request whose client went away stops costing anything at the next chunk boundary.
 
-The worker is one thread of its own, so the event loop keeps answering HTTP while the model
-computes, and the model keeps stepping while the loop is busy with HTTP. They share little:
-the loop puts new jobs in an inbox and sets ``cancelled`` on abandoned ones; the worker owns
-everything else about a job and hands text back with ``call_soon_threadsafe``.
-
-Shapes: a job of ``n`` samples owns rows ``a:a+n`` of the batch while it is stepped; between
-chunks it keeps its own ``state`` (tuple of ``(L, n, H)``) and ``logits`` (``(n, V)``).
+The worker is one thread of its own, so the event loop keeps answering HTTP between chunks and
+the model keeps stepping while the loop is busy with HTTP. They share little: the loop puts new
+jobs in an inbox and sets ``cancelled`` on abandoned ones; the worker owns everything else about
+a job and hands text back with ``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
@@ -28,16 +26,16 @@ import queue
 import threading
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from typing import cast
 
 import torch
 
 from ..errors import CharloomError
 from ..model import CharRNN
-from ..nextchar import SampleSettings, Uniforms, next_token_distribution, pick
-from ..sample import SampleStream, seeded_generator
+from ..nextchar import SampleSettings
 from ..vocab import Vocab
+from .jobs import GenerateJob, NextJob
+from .stepping import Stepper
 
 log = logging.getLogger("charloom.serve")
 
@@ -50,111 +48,25 @@ class GenerationFailed(CharloomError):
     """The model failed while generating (a bug or an exhausted device), not the request."""
 
 
-@dataclass(eq=False)
-class GenerateJob:
-    """One ``/v1/generate`` request: ``num_samples`` rows of ``length`` new characters each."""
-
-    prime_ids: list[int]
-    settings: SampleSettings
-    length: int
-    num_samples: int = 1
-    seed: int | None = None
-    # Run-time fields. The worker thread owns the stream, the tensors and the text made so far;
-    # the event loop only sets ``cancelled`` and reads what the worker delivers through ``queue``.
-    cancelled: bool = False
-    finished: bool = False
-    stream: SampleStream | None = None  # the text bookkeeping and random numbers, as the CLI's
-    state: tuple[torch.Tensor, ...] = ()
-    logits: torch.Tensor | None = None
-    fresh: list[list[str]] = field(default_factory=list)  # text made since the last delivery
-    queue: asyncio.Queue | None = None  # what the worker delivers, read on the event loop
-    loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.num_samples
-
-    @property
-    def uniforms(self) -> Uniforms | None:
-        """A seeded job's own random numbers (its stream's, drawn the same way as
-        ``charloom sample --seed`` draws them); ``None`` for an unseeded job, which shares the
-        scheduler's."""
-        return self.stream.uniforms if self.stream is not None and self.seed is not None else None
-
-    def prime(self, model: CharRNN, vocab: Vocab) -> None:
-        """Run the prime once (one row) and give every sample a copy of the resulting state."""
-        self.stream = SampleStream(
-            vocab, self.prime_ids, self.length, self.settings, self.num_samples, self.seed
-        )
-        self.fresh = [[] for _ in range(self.num_samples)]
-        if self.stream.done:  # length 0
-            self.finished = True
-            return
-        self.state, self.logits = self.stream.start(model)
-
-    def group_key(self) -> tuple:
-        """Jobs with the same key are sampled in one call: unseeded jobs with the same settings
-        share the scheduler's random numbers; a seeded job keeps its own, so its text is the same
-        as ``charloom sample --seed`` gives, whatever else is running."""
-        if self.settings.greedy:
-            return ("greedy",)
-        if self.seed is None:
-            return ("shared", self.settings.temperature, self.settings.top_k, self.settings.top_p)
-        return ("seeded", id(self))
-
-    def take(self, ids: torch.Tensor) -> None:
-        """Decode this job's newly drawn ``ids (steps, num_samples)`` into its fresh text."""
-        stream = self.stream
-        assert stream is not None  # set by prime(), which runs before any step
-        for pieces, piece in zip(self.fresh, stream.take(ids)):
-            if piece:
-                pieces.append(piece)
-        if stream.done:
-            self.finished = True
-
-    def take_fresh(self) -> list[str]:
-        out = ["".join(pieces) for pieces in self.fresh]
-        self.fresh = [[] for _ in range(self.num_samples)]
-        return out
-
-
-@dataclass(eq=False)
-class NextJob:
-    """One ``/v1/next`` request: the likeliest next characters after ``prime_ids``."""
-
-    prime_ids: list[int]
-    settings: SampleSettings
-    top: int
-    cancelled: bool = False
-    result: list[tuple[int, float]] = field(default_factory=list)
-    future: asyncio.Future | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def rows(self) -> int:
-        return 1
-
-    def prime(self, model: CharRNN, vocab: Vocab) -> None:
-        device = model.head.weight.device
-        x = torch.tensor(self.prime_ids, device=device, dtype=torch.long).unsqueeze(0)
-        logits, _ = model(x)
-        probs = next_token_distribution(logits[:, -1], self.settings)[0]
-        values, ids = torch.topk(probs, min(self.top, probs.shape[0]))
-        self.result = [(int(i), float(p)) for i, p in zip(ids.tolist(), values.tolist()) if p > 0]
-
-
 class Scheduler:
     """Admits jobs, steps them together in one worker thread, delivers their text."""
 
     def __init__(
-        self, model: CharRNN, vocab: Vocab, max_active: int = 512, chunk_ms: float = 20.0
+        self,
+        model: CharRNN,
+        vocab: Vocab,
+        max_active: int = 512,
+        chunk_ms: float = 20.0,
+        engine: str = "auto",
     ) -> None:
         self.model = model
         self.vocab = vocab
         self.max_active = max_active
         self.chunk_s = chunk_ms / 1000
-        # Unseeded requests share one generator, so they can be sampled in one call.
-        self._shared = seeded_generator(None)
+        self.stepper = Stepper(model, self.chunk_s, engine)
+        #: The engine that steps the requests: ``numba`` or ``torch``, as ``charloom sample``
+        #: chooses for this model.
+        self.engine = self.stepper.engine
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -162,6 +74,7 @@ class Scheduler:
         self._admitted: set = set()  # jobs submitted and not yet over (event-loop side)
         self._stepping = (0, 0)  # (requests, samples) in the worker's batch (worker side)
         self._current: list[GenerateJob] = []  # the worker's batch (worker side)
+        self._newcomers_alone = False  # whether the last round stepped only new jobs (worker)
         self.chars_generated = 0
         self.requests_served = 0
 
@@ -279,21 +192,31 @@ class Scheduler:
             assert job.queue is not None  # set by generate() before the job was submitted
             job.queue.put_nowait((kind, payload))
 
+    def _deliver_all(self, batch: list[tuple[GenerateJob | NextJob, list]]) -> None:
+        """On the event loop: :meth:`_deliver` for each job of one round."""
+        for job, items in batch:
+            self._deliver(job, items)
+
     def _post(self, job: GenerateJob | NextJob, items: list[tuple[str, object]]) -> None:
         """From the worker thread: deliver ``items`` to ``job`` on its event loop."""
-        if not items or job.loop is None:
-            return
-        # RuntimeError: that loop has closed, so nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(self._deliver, job, items)
+        self._post_all([(job, items)])
+
+    def _post_all(self, batch: list[tuple[GenerateJob | NextJob, list]]) -> None:
+        """From the worker thread: deliver each job's items on its event loop, with one wake-up
+        of each loop for the whole batch (one per job would cost the loop more than the text)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for job, items in batch:
+            if items and job.loop is not None:
+                by_loop.setdefault(job.loop, []).append((job, items))
+        for loop, jobs in by_loop.items():
+            # RuntimeError: that loop has closed, so nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._deliver_all, jobs)
 
     # --- the worker thread -------------------------------------------------------------
     def _work(self) -> None:
-        try:  # the first calls set up torch's kernels (~0.1 s): not on a request's time
-            with torch.inference_mode():
-                ids = torch.zeros(2, 2, dtype=torch.long, device=self.model.head.weight.device)
-                _, state = self.model(ids)
-                self.model.step(ids[:, 0], state)
+        try:  # the first calls set up kernels (or load compiled code): not on a request's time
+            self._warm_up()
         except Exception:  # a model that fails here fails on its first request too, visibly
             log.exception("warm-up failed")
         jobs: list[GenerateJob] = []
@@ -314,37 +237,64 @@ class Scheduler:
     def _round(self, jobs: list[GenerateJob]) -> list[GenerateJob]:
         """Admit new jobs, step all for one chunk, deliver; return the jobs still running."""
         with torch.inference_mode():
-            admitted, backlog = self._admit()
-            jobs = [j for j in jobs + admitted if not j.cancelled]
+            admitted = self._admit()
+            running = [j for j in jobs if not j.cancelled]
+            jobs = running + [j for j in admitted if not j.cancelled]
             self._current = jobs
             self._stepping = (len(jobs), sum(j.rows for j in jobs))
             if not jobs:
                 return jobs
-            self._step(jobs, interruptible=not backlog)
-        for job in jobs:
-            items: list[tuple[str, object]] = []
-            texts = job.take_fresh()
-            if any(texts):
-                items.append(("text", texts))
-            if job.finished:
-                items.append(("done", None))
-            self._post(job, items)
+            # Newcomers take their first chunk on their own, so that a short request is done
+            # without waiting for the running batch's steps; every other round at most, so
+            # that arrivals cannot hold the running requests back for more than a chunk.
+            alone = len(jobs) > len(running) > 0 and not self._newcomers_alone
+            self._newcomers_alone = alone
+            stepped = jobs[len(running) :] if alone else jobs
+            self.stepper.step(stepped, interrupted=lambda: not self._inbox.empty())
+        # Completed jobs' answers go out first, at once. Other jobs' text goes out once per
+        # chunk_ms (however short the chunks: they end early when requests arrive), since each
+        # delivery costs decoding here and an event on the event loop.
+        now = time.perf_counter()
+        for due in ([j for j in jobs if j.finished], [j for j in jobs if not j.finished]):
+            batch: list[tuple[GenerateJob | NextJob, list]] = []
+            for job in due:
+                if not job.finished and now - job.delivered_at < self.chunk_s:
+                    continue
+                job.delivered_at = now
+                items: list[tuple[str, object]] = []
+                texts = job.take_fresh()
+                if any(texts):
+                    items.append(("text", texts))
+                if job.finished:
+                    items.append(("done", None))
+                batch.append((job, items))
+            self._post_all(batch)
         return [j for j in jobs if not (j.finished or j.cancelled)]
 
-    def _admit(self) -> tuple[list[GenerateJob], bool]:
+    def _warm_up(self) -> None:
+        """Step two throw-away jobs, of one and of four samples (the engine runs them on one
+        thread and on several: two compiled functions), then forget the measured rate."""
+        with torch.inference_mode():
+            for samples in (1, 4):
+                job = GenerateJob([0], SampleSettings(), 2, samples)
+                job.prime(self.model, self.vocab)
+                self.stepper.step([job])
+        self.stepper.forget_rate()
+
+    def _admit(self) -> list[GenerateJob]:
         """Run the primes of newly submitted jobs and answer /v1/next jobs; return the new
-        generation jobs, and whether some are still waiting. Primes get at most half a chunk of
-        time per round, so a flood of long primes slows the running streams but never stops
+        generation jobs. Primes get at most half a chunk of time per round (the rest wait for
+        the next round), so a flood of long primes slows the running streams but never stops
         them."""
         admitted: list[GenerateJob] = []
         deadline = time.perf_counter() + self.chunk_s / 2
         while True:
             if time.perf_counter() > deadline:
-                return admitted, not self._inbox.empty()
+                return admitted
             try:
                 job = self._inbox.get_nowait()
             except queue.Empty:
-                return admitted, False
+                return admitted
             if job.cancelled:
                 continue
             try:
@@ -359,66 +309,3 @@ class Scheduler:
                 self._post(job, [("done", None)])
             else:
                 admitted.append(job)
-
-    def _step(self, jobs: list[GenerateJob], interruptible: bool = True) -> None:
-        """Step ``jobs`` together until the chunk's time is up, one of them completes, or
-        (``interruptible``) a new job arrives."""
-        # Order the rows so that each sampling group is one contiguous slice of the batch.
-        jobs = sorted(jobs, key=lambda j: repr(j.group_key()))
-        groups: list[_Group] = []
-        row = 0
-        for job in jobs:
-            if not groups or groups[-1].key != job.group_key():
-                groups.append(_Group(job.group_key(), job.settings, job.uniforms, row, row))
-            groups[-1].members.append(
-                (job, row - groups[-1].start, row - groups[-1].start + job.rows)
-            )
-            row += job.rows
-            groups[-1].stop = row
-        state = tuple(torch.cat(parts, dim=1) for parts in zip(*(j.state for j in jobs)))
-        # Every job stepped here was primed (and not finished by it), so it has its logits.
-        logits = torch.cat([cast(torch.Tensor, j.logits) for j in jobs])
-        ids = torch.zeros(row, dtype=torch.long, device=logits.device)
-        deadline = time.perf_counter() + self.chunk_s
-        while True:
-            completed = False
-            for g in groups:
-                live = [(j, a, b) for j, a, b in g.members if not (j.finished or j.cancelled)]
-                if not live:
-                    continue
-                if g.uniforms is not None:
-                    u = g.uniforms.take(1)[0]
-                else:
-                    u = torch.rand(g.stop - g.start, generator=self._shared)
-                chosen = pick(logits[g.start : g.stop], g.settings, u)
-                ids[g.start : g.stop] = chosen
-                block = chosen.cpu().unsqueeze(0)  # (1 step, rows of the group)
-                for job, a, b in live:
-                    job.take(block[:, a:b])
-                    completed = completed or job.finished
-            if all(job.finished or job.cancelled for job in jobs):
-                break
-            step_logits, state = self.model.step(ids, state)
-            logits = step_logits.float()
-            # End the chunk early when a job is complete, so that its answer goes out at once,
-            # or when a new one waits, so that it joins at once.
-            arrived = interruptible and not self._inbox.empty()
-            if completed or arrived or time.perf_counter() >= deadline:
-                break
-        row = 0
-        for job in jobs:
-            job.state = tuple(s[:, row : row + job.rows] for s in state)
-            job.logits = logits[row : row + job.rows]
-            row += job.rows
-
-
-@dataclass(eq=False)
-class _Group:
-    """Rows ``start:stop`` of the batch, sampled with one call of :func:`pick`."""
-
-    key: tuple
-    settings: SampleSettings
-    uniforms: Uniforms | None  # a seeded job's own; None: drawn from the shared generator
-    start: int
-    stop: int
-    members: list[tuple[GenerateJob, int, int]] = field(default_factory=list)  # job, rows in group
