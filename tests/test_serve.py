@@ -450,10 +450,12 @@ def test_a_failure_while_streaming_is_an_error_event(model):
             raise RuntimeError("out of memory, say")
 
     async def scenario(client):
-        stepper.generator = FailsWhileStepping()
+        # A failure of the reference engine itself (a compiled one would be given up for it).
+        named, asked = stepper.engine, stepper.asked
+        stepper.generator, stepper.engine, stepper.asked = FailsWhileStepping(), "torch", "torch"
         body = {"length": 50, "stream": True}
         failed = await client.post("/v1/generate", json=body)
-        stepper.generator = engine
+        stepper.generator, stepper.engine, stepper.asked = engine, named, asked
         return failed, await client.post("/v1/generate", json=body)
 
     failed, ok = run(app, scenario)

@@ -104,6 +104,8 @@ def _sample_kwargs(body: dict) -> dict:
 
 
 def test_the_server_uses_the_engine_charloom_sample_uses(model):
+    if fastgen.available():
+        fastgen.prepare(wait=True)  # compiled (or loaded from numba's cache) beforehand
     scheduler = create_app(model).state.scheduler
     assert scheduler.engine == engine_name(model.model)
     if fastgen.available():
@@ -195,3 +197,50 @@ def test_the_torch_engine_keeps_the_seeded_text(model):
 
     expected = sample(model.model, model.vocab, "Th", 120, SampleSettings(top_k=4), 2, 21, "torch")
     assert asyncio.run(run()) == expected
+
+
+@pytest.fixture
+def fresh_engine_state(monkeypatch):
+    """fastgen's per-process state restored after a test that makes it fail or recompile."""
+    for name, value in (("_failure", None), ("_said", set())):
+        monkeypatch.setattr(fastgen, name, value)
+    for name in ("_kernels", "_thread"):
+        monkeypatch.setattr(fastgen, name, getattr(fastgen, name))
+
+
+@pytest.mark.skipif(not fastgen.available(), reason="numba is not installed")
+def test_a_server_started_while_compiling_takes_the_compiled_engine_when_ready(
+    model, fresh_engine_state, monkeypatch
+):
+    monkeypatch.setattr(fastgen, "_kernels", None)  # as if the compile had not finished
+    monkeypatch.setattr(fastgen, "prepare", lambda wait=False: False)
+    app = create_app(model)
+    assert app.state.scheduler.engine == "torch"  # nobody waits on the compiler
+    monkeypatch.undo()  # the compiled kernels are back: ready
+    fastgen.prepare(wait=True)
+    body = {"prime": "Th", "length": 80, "seed": 3, "temperature": 0.9}
+    (answer,) = _serve_all(app, [body], [])
+    assert app.state.scheduler.engine == "numba"
+    assert _texts(answer, "Th") == model.sample("Th", 80, seed=3, temperature=0.9)
+
+
+@pytest.mark.skipif(not fastgen.available(), reason="numba is not installed")
+def test_a_compiled_engine_failing_at_run_time_falls_back_to_torch(
+    model, fresh_engine_state, monkeypatch, caplog
+):
+    fastgen.prepare(wait=True)
+    app = create_app(model)
+    assert app.state.scheduler.engine == "numba"
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("illegal instruction, say")
+
+    monkeypatch.setattr(fastgen.FastGenerator, "run", broken)
+    body = {"prime": "Th", "length": 60, "seed": 5}
+    (answer,) = _serve_all(app, [body], [])
+    assert answer.status_code == 200
+    assert app.state.scheduler.engine == "torch"
+    # the same text as the reference engine gives, and one line saying so
+    assert _texts(answer, "Th") == model.sample("Th", 60, seed=5, engine="torch")
+    said = [r.getMessage() for r in caplog.records if "compiled engine failed" in r.getMessage()]
+    assert len(said) == 1 and "\n" not in said[0]

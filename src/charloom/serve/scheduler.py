@@ -66,7 +66,6 @@ class Scheduler:
         self.stepper = Stepper(model, self.chunk_s, engine)
         #: The engine that steps the requests: ``numba`` or ``torch``, as ``charloom sample``
         #: chooses for this model.
-        self.engine = self.stepper.engine
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -79,6 +78,12 @@ class Scheduler:
         self.requests_served = 0
 
     # --- the event-loop side ------------------------------------------------------------
+
+    @property
+    def engine(self) -> str:
+        """The engine stepping the requests now: ``numba`` or ``torch`` (``auto`` starts on
+        torch while the compiled engine is compiled, and takes it once it is ready)."""
+        return self.stepper.engine
     def stats(self) -> dict:
         """What the worker holds now: for /healthz and for tests of cancellation."""
         requests, samples = self._stepping
