@@ -22,10 +22,12 @@ LN2 = math.log(2.0)
 
 @dataclass
 class EvalResult:
-    """Mean loss over ``chars`` predicted characters."""
+    """Mean loss over ``chars`` predicted characters (``skipped``: characters of the text that
+    were outside the vocabulary and left out, with ``unknown="skip"``)."""
 
     loss: float  # nats per character
     chars: int
+    skipped: int = 0
 
     @property
     def bpc(self) -> float:
@@ -41,6 +43,7 @@ class EvalResult:
             "bpc": self.bpc,
             "perplexity": self.perplexity,
             "chars": self.chars,
+            "skipped": self.skipped,
         }
 
 
