@@ -83,3 +83,24 @@ def test_no_iteration_is_evaluated_twice(tmp_path, small_text):
     load_trainer(tmp_path / "run", {"iters": 10}, small_text, console=False).run()
     assert _evals(tmp_path / "run") == [5, 10]
 
+
+def _large_vocab_text() -> str:
+    symbols = "".join(chr(0x4E00 + i) for i in range(1100))  # 1,100 CJK ideographs
+    return (symbols + "\n") * 6
+
+
+def test_a_large_corpus_vocabulary_gets_one_note(tmp_path, capsys):
+    text = tmp_path / "many.txt"
+    text.write_text(_large_vocab_text(), encoding="utf-8")
+    assert main(["prepare", str(text), "--out", str(tmp_path / "data")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the corpus vocabulary has 1,101 symbols") == 1
+    assert "--vocab bytes" in err
+    args = ["train", str(tmp_path / "data"), "--preset", "tiny", "--iters", "1", "--no-bar"]
+    args += ["--hidden", "8", "--embed", "4", "--seq-len", "8", "--batch-size", "2"]
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: the corpus vocabulary has 1,101 symbols") == 1
+    # A small vocabulary, or --vocab bytes, says nothing.
+    assert main(["prepare", str(text), "--out", str(tmp_path / "b"), "--vocab", "bytes"]) == 0
+    assert "note:" not in capsys.readouterr().err

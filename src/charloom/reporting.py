@@ -164,6 +164,9 @@ class Console:
             f"({t.data.vocab.size}), {len(t.data.train):,} training / {n_val:,} "
             f"validation chars{per_eval}, {budget}, device {t.device.type}"
         )
+        note = t.data.vocab.size_note()
+        if note:
+            self.write(f"charloom: {note}")
         if self.use_bar:
             from tqdm import tqdm
 

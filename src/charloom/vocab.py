@@ -23,6 +23,9 @@ VOCAB_KINDS = ("corpus", "printable", "bytes")
 
 #: Largest vocabulary a saved config may claim (unicode has ~1.1M code points).
 MAX_VOCAB = 1_114_112
+#: From this size on, a corpus vocabulary gets a note suggesting ``--vocab bytes``
+#: (:meth:`Vocab.size_note`): the output layer then costs more than the rest of the model.
+LARGE_VOCAB = 1000
 #: What ``unknown=`` may say about characters outside the vocabulary in a text to read.
 UNKNOWN_CHOICES = ("error", "skip")
 
@@ -111,6 +114,18 @@ class Vocab:
             return text, 0
         kept = text.translate(dict.fromkeys(map(ord, bad)))
         return kept, len(text) - len(kept)
+
+    def size_note(self) -> str | None:
+        """A one-line note when a corpus vocabulary is large enough that ``--vocab bytes``
+        would serve better, else None. Not an error: a text in a script of thousands of
+        characters may want exactly this vocabulary."""
+        if self.kind != "corpus" or self.size < LARGE_VOCAB:
+            return None
+        return (
+            f"note: the corpus vocabulary has {self.size:,} symbols, so the output layer takes "
+            "most of the time and memory; --vocab bytes (256 symbols, reads any text) is "
+            "usually faster"
+        )
 
     def encode(self, text: str, what: str = "text") -> np.ndarray:
         """Ids of ``text``: shape ``(n,)`` with ``n = len(text)`` (bytes: the UTF-8 length)."""
