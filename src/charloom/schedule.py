@@ -35,9 +35,10 @@ def eval_chars(config: TrainConfig) -> int:
     many keeps evaluations at ``share`` of the time. With the default preset that is ~101,000
     characters every 200 iterations; a 5-iteration run reads ~2,500 (never fewer than 2,048,
     so the figure is not mere noise), where reading a held-out million through the head of a
-    large vocabulary would take minutes for seconds of training. The ceiling keeps a long ``eval_every``
-    from asking for more than a stable estimate needs. The characters are always the first
-    ones of the held-out part, so that successive evaluations (and "best") compare alike."""
+    large vocabulary would take minutes for seconds of training. The ceiling keeps a long
+    ``eval_every`` from asking for more than a stable estimate needs. The characters are always
+    the first ones of the held-out part, so that successive evaluations (and "best") compare
+    alike."""
     if config.eval_chars is not None:
         return config.eval_chars
     k = config.eval_every if config.time is not None else min(config.eval_every, config.iters)

@@ -118,11 +118,6 @@ class Trainer:
         return self.data.has_validation
 
     @property
-    def eval_ids(self) -> torch.Tensor:
-        """The validation ids each evaluation reads: the first ``schedule.eval_chars``."""
-        return self.data.val[: eval_chars(self.config)]
-
-    @property
     def overhead_share(self) -> float:
         return self.clock.overhead_share
 
@@ -163,7 +158,7 @@ class Trainer:
         """Loss on the validation text; under torchrun each rank takes a contiguous share."""
         self.step.check_diverged()
         dtype = torch.bfloat16 if self.config.precision == "bf16" else None
-        val = self.eval_ids
+        val = self.data.val[: eval_chars(self.config)]  # the first N: comparable evaluations
         if self.dist is None:
             return evaluate_ids(self.model, val, autocast_dtype=dtype)
         if self.dist.is_main:
@@ -263,7 +258,8 @@ class Trainer:
         wl = counters.window_loss
         self.window_loss = float("nan") if wl is None else float(wl)
         if counters.last_val_loss is not None:
-            self.last_val = EvalResult(float(counters.last_val_loss), len(self.eval_ids) - 1)
+            read = min(len(self.data.val), eval_chars(self.config))
+            self.last_val = EvalResult(float(counters.last_val_loss), read - 1)
         self.resumed_from = checkpoint.path
         self.lr = self.clock.learning_rate()
         if self.is_main:
