@@ -500,3 +500,15 @@ def test_limits_are_checked():
     with pytest.raises(charloom.CharloomError, match="--max-body"):
         ServeLimits(max_body=10).validate()
     assert math.isfinite(ServeLimits().chunk_ms)
+
+
+def test_next_reads_around_unknown_characters_on_request(app):
+    refused = post(app, "/v1/next", json={"text": "Th€e"})
+    assert refused.status_code == 422 and '"unknown": "skip"' in refused.json()["message"]
+    got = post(app, "/v1/next", json={"text": "Th€e", "unknown": "skip", "top": 5})
+    want = post(app, "/v1/next", json={"text": "The", "top": 5})
+    assert got.status_code == want.status_code == 200
+    assert got.json()["skipped"] == 1 and want.json()["skipped"] == 0
+    assert got.json()["candidates"] == want.json()["candidates"]
+    bad = post(app, "/v1/next", json={"text": "The", "unknown": "drop"})
+    assert bad.status_code == 422 and bad.json()["message"].startswith("unknown:")

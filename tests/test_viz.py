@@ -97,6 +97,7 @@ def test_page_for_each_model_kind_matches_eval(runs, kind, tmp_path):
         "start": 0,
         "steps": 1500,
         "truncated": True,
+        "skipped": 0,
     }
     assert summary.truncated and summary.chars == 1500
 

@@ -12,10 +12,11 @@ import torch
 from . import checkpoint as ckpt
 from .corpus import normalise_ascii
 from .device import resolve_device
+from .errors import CharloomError
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN, ModelConfig
 from .sample import SampleSettings, sample, stream_samples
-from .vocab import Vocab
+from .vocab import UNKNOWN_CHOICES, Vocab
 
 
 @dataclass
@@ -85,10 +86,35 @@ class CharModel:
             if pieces[0]:
                 yield pieces[0]
 
-    def evaluate(self, text: str, **kwargs) -> EvalResult:
-        """Mean loss (nats/char), bits/char and perplexity on ``text``, state carried through."""
-        ids = self.vocab.encode(self.normalise(text), what="text")
-        return evaluate_ids(self.model, torch.from_numpy(ids.copy()), **kwargs)
+    def evaluate(self, text: str, unknown: str = "error", advice: str = "", **kwargs) -> EvalResult:
+        """Mean loss (nats/char), bits/char and perplexity on ``text``, state carried through.
+
+        ``unknown``: what to do with characters outside the vocabulary. ``"error"`` refuses
+        the text, naming them (``advice``: what the message suggests instead; by default
+        ``unknown="skip"``). ``"skip"`` leaves them out of the text before reading it: they are
+        neither predicted nor read, the state goes from the character before one straight to the
+        character after it, and the result is the loss on the text without them, with
+        ``skipped`` saying how many there were."""
+        text, skipped = self.read_text(text, unknown, advice or 'unknown="skip" scores the rest')
+        ids = self.vocab.encode(text, what="text")
+        result = evaluate_ids(self.model, torch.from_numpy(ids.copy()), **kwargs)
+        result.skipped = skipped
+        return result
+
+    def read_text(self, text: str, unknown: str = "error", advice: str = "") -> tuple[str, int]:
+        """``text`` normalised as the model expects, and how many characters outside its
+        vocabulary were dropped: none with ``unknown="error"``, which raises a
+        :class:`CharloomError` naming them (and giving ``advice``) instead; see
+        :meth:`evaluate`."""
+        if unknown not in UNKNOWN_CHOICES:
+            raise CharloomError(
+                f"unknown must be one of {', '.join(UNKNOWN_CHOICES)}, not {unknown!r}"
+            )
+        text = self.normalise(text)
+        if unknown == "skip":
+            return self.vocab.known_only(text)
+        self.vocab.check(text, what="text", advice=advice)
+        return text, 0
 
 
 def load(path: str | os.PathLike, which: str = ckpt.BEST, device: str = "cpu") -> CharModel:

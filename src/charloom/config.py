@@ -143,6 +143,15 @@ class TrainConfig:
     threads: int | None = _setting(None, "torch threads (default: torch's choice)", min=1)
     # reporting
     eval_every: int = _setting(200, "validate every N iterations", min=1, metavar="N")
+    # None: sized from the training between evaluations (schedule.eval_chars), so that
+    # evaluations take about 5% of a run whatever the model, vocabulary and validation split.
+    eval_chars: int | None = _setting(
+        None,
+        "validation characters read per evaluation (the first N of the held-out part; default: "
+        "sized so evaluations take about 5 percent of the run, 2,048 to 1,000,000)",
+        min=2,
+        metavar="N",
+    )
     sample_every: int = _setting(500, "print a sample every N iterations", min=1, metavar="N")
     log_every: int = _setting(50, "log the training loss every N iterations", min=1, metavar="N")
     checkpoint_every: int | None = _setting(  # iterations; default: with every evaluation
@@ -186,6 +195,8 @@ class TrainConfig:
             _check_float("checkpoint_every_s", self.checkpoint_every_s, lo=0.0, lo_open=True)
         if self.threads is not None:
             _check_int("threads", self.threads, 1)
+        if self.eval_chars is not None:
+            _check_int("eval_chars", self.eval_chars, 2)
         _check_float("lr", self.lr, lo=0.0, lo_open=True, hi=10.0)
         _check_float("weight_decay", self.weight_decay, lo=0.0)
         _check_float("min_lr_ratio", self.min_lr_ratio, lo=0.0, hi=1.0)

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from .loss import LOGITS_BUDGET, head_loss_sum
 from .model import CharRNN
 
 LN2 = math.log(2.0)
@@ -22,10 +22,12 @@ LN2 = math.log(2.0)
 
 @dataclass
 class EvalResult:
-    """Mean loss over ``chars`` predicted characters."""
+    """Mean loss over ``chars`` predicted characters (``skipped``: characters of the text that
+    were outside the vocabulary and left out, with ``unknown="skip"``)."""
 
     loss: float  # nats per character
     chars: int
+    skipped: int = 0
 
     @property
     def bpc(self) -> float:
@@ -41,6 +43,7 @@ class EvalResult:
             "bpc": self.bpc,
             "perplexity": self.perplexity,
             "chars": self.chars,
+            "skipped": self.skipped,
         }
 
 
@@ -58,6 +61,7 @@ def evaluate_ids(
     min_chunk: int = 2048,
     window: int = 512,
     autocast_dtype: torch.dtype | None = None,
+    logits_budget: int = LOGITS_BUDGET,
 ) -> EvalResult:
     """Mean next-character loss of ``model`` over ``ids (N,)``, state carried along the text."""
     n = len(ids) - 1
@@ -83,15 +87,14 @@ def evaluate_ids(
                 dtype=autocast_dtype or torch.bfloat16,
                 enabled=autocast_dtype is not None,
             ):
-                logits, state = model(xb, state)
-            loss = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),
-                yb.reshape(-1),
-                ignore_index=-1,
-                reduction="sum",
-            )
+                out, state = model(xb, state, with_head=False)
+                # The head a slice of rows at a time: (chunks * window, V) logits of a large
+                # vocabulary would take gigabytes (loss.py).
+                loss, scored = head_loss_sum(
+                    out.reshape(-1, out.shape[-1]), model.head, yb.reshape(-1), -1, logits_budget
+                )
             total += float(loss)
-            count += int((yb >= 0).sum())
+            count += scored
     finally:
         model.train(was_training)
     return EvalResult(loss=total / count, chars=count)

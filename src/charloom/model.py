@@ -167,9 +167,18 @@ class CharRNN(nn.Module):
         }
 
     def forward(
-        self, ids: torch.Tensor, state: State | None = None, path: str = "fused"
+        self,
+        ids: torch.Tensor,
+        state: State | None = None,
+        path: str = "fused",
+        with_head: bool = True,
     ) -> tuple[torch.Tensor, State]:
-        """``ids (B, T)`` -> ``logits (B, T, V)``, new state (see module docstring)."""
+        """``ids (B, T)`` -> ``logits (B, T, V)``, new state (see module docstring).
+
+        ``with_head=False``: the top layer's outputs ``(B, T, H)`` instead of the logits, for a
+        caller that runs the head itself a slice at a time (``loss.py``: a large vocabulary's
+        logits are too big to hold at once). A keyword of ``forward`` rather than a method of
+        its own, so that it also goes through a ``DistributedDataParallel`` wrapper."""
         if path == "fused":
             out, state = self._fused(ids, state)
         elif path == "cell":
@@ -177,7 +186,7 @@ class CharRNN(nn.Module):
             out = torch.stack(h_steps[-1], dim=1)  # the top layer's h at every step: (B, T, H)
         else:
             raise ValueError(f"unknown path {path!r}; choose one of: {', '.join(PATHS)}")
-        return self.head(out), state
+        return (self.head(out) if with_head else out), state
 
     def step(
         self, ids: torch.Tensor, state: State | None = None, path: str = "fused"

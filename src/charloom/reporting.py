@@ -20,7 +20,7 @@ from .errors import CharloomError
 from .evaluate import EvalResult
 from .model import CharRNN
 from .plot import plot_run
-from .schedule import EVAL_SHARE
+from .schedule import EVAL_SHARE, eval_chars
 
 
 class RunView(Protocol):
@@ -155,12 +155,18 @@ class Console:
             if cfg.time is not None and t.has_validation
             else f"{cfg.time:g} s" if cfg.time is not None else f"{cfg.iters} iterations"
         )
+        n_val = len(t.data.val)
+        read = min(n_val, eval_chars(cfg))
+        per_eval = f" ({read:,} read per evaluation)" if t.has_validation and read < n_val else ""
         self.write(
             f"charloom: {where}: {cfg.model.kind} {cfg.model.layers}x{cfg.model.hidden}, "
             f"{t.model.num_parameters():,} parameters, vocabulary {t.data.vocab.kind} "
-            f"({t.data.vocab.size}), {len(t.data.train):,} training / {len(t.data.val):,} "
-            f"validation chars, {budget}, device {t.device.type}"
+            f"({t.data.vocab.size}), {len(t.data.train):,} training / {n_val:,} "
+            f"validation chars{per_eval}, {budget}, device {t.device.type}"
         )
+        note = t.data.vocab.size_note()
+        if note:
+            self.write(f"charloom: {note}")
         if self.use_bar:
             from tqdm import tqdm
 

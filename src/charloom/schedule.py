@@ -13,8 +13,38 @@ import time
 
 from .config import TrainConfig
 
-# Under --time, the share of the budget that evaluations may take.
+# The share of a run that evaluations should take (under --time, the clock spaces them so).
 EVAL_SHARE = 0.05
+#: Bounds of the validation characters one evaluation reads by default (see eval_chars).
+MIN_EVAL_CHARS = 2048
+MAX_EVAL_CHARS = 1_000_000
+#: What a trained character costs against an evaluated one: forward, and backward at about
+#: twice the forward.
+TRAIN_COST_PER_CHAR = 3.0
+
+
+def eval_chars(config: TrainConfig) -> int:
+    """How many validation characters one evaluation reads: ``config.eval_chars``, or by
+    default as many as keep evaluations near :data:`EVAL_SHARE` of the run.
+
+    Why sized from the training and not from the validation split: an evaluation reads the
+    same model over each character once, so its cost per character is about a third of a
+    training step's (forward only, no backward), whatever the model or vocabulary. Between two
+    evaluations the run trains ``k * batch_size * seq_len`` characters (``k``: ``eval_every``,
+    or ``iters`` when the run is shorter); evaluating ``share / (1 - share) * 3`` times that
+    many keeps evaluations at ``share`` of the time. With the default preset that is ~101,000
+    characters every 200 iterations; a 5-iteration run reads ~2,500 (never fewer than 2,048,
+    so the figure is not mere noise), where reading a held-out million through the head of a
+    large vocabulary would take minutes for seconds of training. The ceiling keeps a long
+    ``eval_every`` from asking for more than a stable estimate needs. The characters are always
+    the first ones of the held-out part, so that successive evaluations (and "best") compare
+    alike."""
+    if config.eval_chars is not None:
+        return config.eval_chars
+    k = config.eval_every if config.time is not None else min(config.eval_every, config.iters)
+    trained = k * config.batch_size * config.seq_len
+    wanted = EVAL_SHARE / (1 - EVAL_SHARE) * TRAIN_COST_PER_CHAR * trained
+    return int(min(max(wanted, MIN_EVAL_CHARS), MAX_EVAL_CHARS))
 
 
 def learning_rate(config: TrainConfig, iteration: int, progress: float) -> float:

@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .device import autocast, resolve_device, resolve_precision
 from .distributed import Group
 from .errors import CharloomError
+from .loss import LOGITS_BUDGET, sliced_head_loss, slices_needed
 from .model import CharRNN, State, detach_state
 
 # "No non-finite loss yet" (see TrainStep.check_diverged).
@@ -62,6 +63,8 @@ class TrainStep:
             ids = [device.index] if device.type == "cuda" else None
             self.module = DistributedDataParallel(model, device_ids=ids)
         self.carry: State | None = None
+        #: Bytes of logits the loss may hold at once (see ``loss.py``); tests lower it.
+        self.logits_budget = LOGITS_BUDGET
         self._nonfinite_at: torch.Tensor | None = None  # on GPUs: first non-finite iteration
 
     @classmethod
@@ -114,10 +117,17 @@ class TrainStep:
         x, y = self._to_device(x), self._to_device(y)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with autocast(self.device, cfg.precision):
-            logits, new_state = self.module(x, state, path=cfg.path)
         # Mean over every character of the batch: the lecture's loss averaged over the portion.
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+        # A large vocabulary's logits would dwarf the model: then the head and the loss run a
+        # slice of rows at a time (loss.py), with the same loss and gradients.
+        sliced = slices_needed(y.numel(), self.model.config.vocab_size, self.logits_budget) > 1
+        with autocast(self.device, cfg.precision):
+            out, new_state = self.module(x, state, path=cfg.path, with_head=not sliced)
+            if sliced:
+                rows = out.reshape(-1, out.shape[-1])
+                loss = sliced_head_loss(rows, self.model.head, y.reshape(-1), self.logits_budget)
+        if not sliced:
+            loss = F.cross_entropy(out.float().reshape(-1, out.shape[-1]), y.reshape(-1))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf

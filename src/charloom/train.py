@@ -33,7 +33,7 @@ from .model import CharRNN
 from .presets import budget_overrides, machine_rate
 from .reporting import attach_reporting, require_tensorboard
 from .sample import SampleSettings, sample
-from .schedule import BudgetClock
+from .schedule import BudgetClock, eval_chars
 from .signals import StopRequest, stop_on_signals
 from .step import TrainStep, rank_seed
 from .trainstate import rank_state, restore_training_state, training_state
@@ -158,13 +158,14 @@ class Trainer:
         """Loss on the validation text; under torchrun each rank takes a contiguous share."""
         self.step.check_diverged()
         dtype = torch.bfloat16 if self.config.precision == "bf16" else None
+        val = self.data.val[: eval_chars(self.config)]  # the first N: comparable evaluations
         if self.dist is None:
-            return evaluate_ids(self.model, self.data.val, autocast_dtype=dtype)
+            return evaluate_ids(self.model, val, autocast_dtype=dtype)
         if self.dist.is_main:
             self._command(distributed.EVAL)
-        n, world, rank = len(self.data.val) - 1, self.dist.world_size, self.dist.rank
+        n, world, rank = len(val) - 1, self.dist.world_size, self.dist.rank
         lo, hi = rank * n // world, (rank + 1) * n // world
-        part = evaluate_ids(self.model, self.data.val[lo : hi + 1], autocast_dtype=dtype)
+        part = evaluate_ids(self.model, val[lo : hi + 1], autocast_dtype=dtype)
         total, chars = self.dist.sum([part.loss * part.chars if part.chars else 0.0, part.chars])
         return EvalResult(total / chars, int(chars))
 
@@ -257,7 +258,8 @@ class Trainer:
         wl = counters.window_loss
         self.window_loss = float("nan") if wl is None else float(wl)
         if counters.last_val_loss is not None:
-            self.last_val = EvalResult(float(counters.last_val_loss), len(self.data.val) - 1)
+            read = min(len(self.data.val), eval_chars(self.config))
+            self.last_val = EvalResult(float(counters.last_val_loss), read - 1)
         self.resumed_from = checkpoint.path
         self.lr = self.clock.learning_rate()
         if self.is_main:

@@ -23,6 +23,11 @@ VOCAB_KINDS = ("corpus", "printable", "bytes")
 
 #: Largest vocabulary a saved config may claim (unicode has ~1.1M code points).
 MAX_VOCAB = 1_114_112
+#: From this size on, a corpus vocabulary gets a note suggesting ``--vocab bytes``
+#: (:meth:`Vocab.size_note`): the output layer then costs more than the rest of the model.
+LARGE_VOCAB = 1000
+#: What ``unknown=`` may say about characters outside the vocabulary in a text to read.
+UNKNOWN_CHOICES = ("error", "skip")
 
 
 def _show(chars) -> str:
@@ -88,16 +93,39 @@ class Vocab:
             return []
         return sorted(set(text) - self._index.keys())
 
-    def check(self, text: str, what: str = "text") -> None:
-        """Raise a :class:`CharloomError` listing the characters of ``text`` that are unknown."""
+    def check(self, text: str, what: str = "text", advice: str = "") -> None:
+        """Raise a :class:`CharloomError` listing the characters of ``text`` that are unknown
+        (``advice``: how the caller's user can go on, added to the message)."""
         bad = self.unknown(text)
         if bad:
             shown = _show(bad[:20]) + (f" and {len(bad) - 20} more" if len(bad) > 20 else "")
             hint = " (try --ascii)" if self.kind == "printable" else ""
             raise CharloomError(
                 f"the {what} has {len(bad)} character(s) outside the model's vocabulary: "
-                f"{shown}{hint}"
+                f"{shown}{hint}{'; ' + advice if advice else ''}"
             )
+
+    def known_only(self, text: str) -> tuple[str, int]:
+        """``text`` without the characters this vocabulary cannot encode, and how many were
+        dropped. What ``unknown="skip"`` reads: the rest of the text, joined up, so the state
+        flows from the character before a dropped one straight to the one after it."""
+        bad = self.unknown(text)
+        if not bad:
+            return text, 0
+        kept = text.translate(dict.fromkeys(map(ord, bad)))
+        return kept, len(text) - len(kept)
+
+    def size_note(self) -> str | None:
+        """A one-line note when a corpus vocabulary is large enough that ``--vocab bytes``
+        would serve better, else None. Not an error: a text in a script of thousands of
+        characters may want exactly this vocabulary."""
+        if self.kind != "corpus" or self.size < LARGE_VOCAB:
+            return None
+        return (
+            f"note: the corpus vocabulary has {self.size:,} symbols, so the output layer takes "
+            "most of the time and memory; --vocab bytes (256 symbols, reads any text) is "
+            "usually faster"
+        )
 
     def encode(self, text: str, what: str = "text") -> np.ndarray:
         """Ids of ``text``: shape ``(n,)`` with ``n = len(text)`` (bytes: the UTF-8 length)."""

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..errors import CharloomError
-from .options import add_checkpoint, add_device, add_json, add_text_source
+from .options import add_checkpoint, add_device, add_json, add_text_source, add_unknown
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("text", nargs="*", metavar="TEXT")
     add_text_source(e)
     add_json(e)
+    add_unknown(e)
     add_checkpoint(e)
     add_device(e, "auto")
     e.set_defaults(handler=run)
@@ -28,14 +29,18 @@ def run(args: argparse.Namespace) -> int:
 
     model = load(args.run, which=args.checkpoint, device=args.device)
     text, source = read_text(args.text, args.corpus, encoding=args.encoding, errors=args.errors)
-    result = model.evaluate(text)
+    result = model.evaluate(text, unknown=args.unknown, advice="--unknown skip scores the rest")
     if result.chars == 0:
-        raise CharloomError(f"the text from {source.describe()} is too short to evaluate (1 char)")
+        left = " once the unknown characters are skipped" if result.skipped else ""
+        raise CharloomError(
+            f"the text from {source.describe()} is too short to evaluate{left} (1 char or less)"
+        )
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
+        skipped = f"  ({result.skipped:,} unknown chars skipped)" if result.skipped else ""
         print(
             f"{source.describe()}: {result.chars:,} chars  loss {result.loss:.4f} nats/char  "
-            f"{result.bpc:.4f} bits/char  perplexity {result.perplexity:.3f}"
+            f"{result.bpc:.4f} bits/char  perplexity {result.perplexity:.3f}{skipped}"
         )
     return 0

@@ -99,3 +99,19 @@ def setting_help(name: str) -> str:
     from ..config import settings
 
     return next(f.metadata["help"] for f in settings() if f.name == name)
+
+
+#: What ``--unknown skip`` does, said once for every command that offers it.
+UNKNOWN_HELP = (
+    "characters outside the model's vocabulary: error (stop and name them, the default) or "
+    "skip (leave them out of the text: they are neither predicted nor read, and the state goes "
+    "from the character before one straight to the character after it; the count is reported)"
+)
+
+
+def add_unknown(p: argparse.ArgumentParser) -> None:
+    """``--unknown error|skip``: what a command that reads a text through a model does with
+    characters the model does not know."""
+    from ..vocab import UNKNOWN_CHOICES
+
+    p.add_argument("--unknown", choices=UNKNOWN_CHOICES, default="error", help=UNKNOWN_HELP)

@@ -4,6 +4,7 @@ memory."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .options import add_text_source, setting_help
 
@@ -57,4 +58,7 @@ def run(args: argparse.Namespace) -> int:
             f"{data.vocab.size} symbols, {data.dtype.name}) into {data.path} in {seconds:.1f} s"
             f"{rate}; train on it: charloom train {data.path}"
         )
+        note = data.vocab.size_note()
+        if note:
+            print(f"charloom: {note} (prepare with --vocab bytes)", file=sys.stderr)
     return 0

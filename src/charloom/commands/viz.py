@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_checkpoint, add_device, add_text_source, int_at_least
+from .options import add_checkpoint, add_device, add_text_source, add_unknown, int_at_least
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument(
         "--max-chars", type=int, default=None, help="characters shown (3000; at most 4096)"
     )
+    add_unknown(v)
     add_checkpoint(v)
     add_device(v, "cpu")
     v.set_defaults(handler=run)
@@ -53,11 +54,13 @@ def run(args: argparse.Namespace) -> int:
         unit=args.unit,
         start=args.start,
         max_chars=args.max_chars if args.max_chars is not None else DEFAULT_MAX_CHARS,
+        unknown=args.unknown,
     )
     cut = " (truncated)" if page.truncated else ""
+    skipped = f" ({page.skipped:,} unknown chars skipped)" if page.skipped else ""
     print(
         f"charloom: wrote {page.path} ({page.bytes / 1e6:.1f} MB): {page.chars:,} chars of "
-        f"{source.describe()}{cut}, {page.units:,} units, mean surprisal "
+        f"{source.describe()}{cut}{skipped}, {page.units:,} units, mean surprisal "
         f"{page.mean_bits:.4f} bits/char"
     )
     return 0

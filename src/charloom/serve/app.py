@@ -181,6 +181,8 @@ def _unknown_chars_error(model: CharModel, field: str, text: str) -> RequestVali
     shown = ", ".join(repr(c) for c in bad[:20]) + (
         f" and {len(bad) - 20} more" if len(bad) > 20 else ""
     )
+    if field == "text":  # /v1/next can read around them
+        shown += '; send "unknown": "skip" to leave them out'
     return RequestValidationError(
         [
             {
@@ -432,12 +434,16 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
     )
     async def next_chars(req: NextRequest) -> NextResponse:  # type: ignore[valid-type]
         req = cast(NextParams, req)  # the run-time model has these fields
-        _, ids = prepare("text", req.text)
+        text, skipped = req.text, 0
+        if req.unknown == "skip":  # as charloom eval --unknown skip: read the rest, joined up
+            text, skipped = model.read_text(text, "skip")
+        _, ids = prepare("text", text)
         settings = SampleSettings(req.temperature, req.top_k, req.top_p)
         settings.validate()
         found = await scheduler.next_chars(NextJob(ids, settings, req.top))
         return NextResponse(
-            candidates=[Candidate(char=_char(vocab, i), id=i, prob=p) for i, p in found]
+            candidates=[Candidate(char=_char(vocab, i), id=i, prob=p) for i, p in found],
+            skipped=skipped,
         )
 
     return app

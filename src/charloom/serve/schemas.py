@@ -10,7 +10,7 @@ not accepted as text, nor ``true`` as a number) and forbid unknown fields, so a 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,7 @@ class NextParams(Protocol):
     temperature: float
     top_k: int | None
     top_p: float | None
+    unknown: str
 
 
 def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -118,6 +119,13 @@ def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type[BaseModel
         temperature: float = temperature_field()
         top_k: int | None = top_k_field()
         top_p: float | None = top_p_field()
+        unknown: Literal["error", "skip"] = Field(
+            "error",
+            description=(
+                "characters outside the vocabulary: error (422, naming them) or skip (leave "
+                "them out of the text: the model reads the rest, joined up)"
+            ),
+        )
 
     return GenerateRequest, NextRequest
 
@@ -140,6 +148,7 @@ class Candidate(BaseModel):
 
 class NextResponse(BaseModel):
     candidates: list[Candidate]
+    skipped: int = Field(0, description="characters of the text left out as unknown")
 
 
 class ValidationItem(BaseModel):

@@ -49,8 +49,9 @@ class PageText:
     labels: list[str]  # what is drawn for each model step (a character; "" for UTF-8 tails)
     ids: np.ndarray  # (N,) the model's ids
     total: int  # characters in the whole (normalised) text
-    shown: int  # characters shown
+    shown: int  # characters of the text the page covers (skipped ones included)
     start: int  # first character shown
+    skipped: int = 0  # characters outside the vocabulary left out (unknown="skip")
 
 
 @dataclass
@@ -64,13 +65,21 @@ class PageSummary:
     mean_bits: float  # mean surprisal, bits per predicted character
     predicted: int  # characters predicted (all but the first)
     bytes: int  # size of the file
+    skipped: int = 0  # unknown characters left out (unknown="skip")
 
 
 def prepare_text(
-    model: CharModel, text: str, start: int = 0, max_chars: int = DEFAULT_MAX_CHARS
+    model: CharModel,
+    text: str,
+    start: int = 0,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    unknown: str = "error",
 ) -> PageText:
     """Normalise ``text`` as the model expects, skip ``start`` characters, keep ``max_chars``
-    model steps, and encode them (unknown characters are a :class:`CharloomError`)."""
+    model steps, and encode them. Characters outside the vocabulary are a
+    :class:`CharloomError` (``unknown="error"``), or are left out of the text
+    (``unknown="skip"``, as :meth:`CharModel.evaluate` does; the page shows the text without
+    them and says how many there were)."""
     if isinstance(max_chars, bool) or not isinstance(max_chars, int):
         raise CharloomError(f"max chars must be an integer, not {max_chars!r}")
     if not 2 <= max_chars <= MAX_CHARS:
@@ -82,7 +91,7 @@ def prepare_text(
     norm = model.normalise(text)
     if start >= len(norm):
         raise CharloomError(f"start {start} is past the end of the text ({len(norm)} chars)")
-    rest = norm[start:]
+    rest, skipped = _known_part(model, norm[start:], max_chars, unknown)
     if model.vocab.kind == "bytes":
         # One model step per UTF-8 byte: keep whole characters that fit in max_chars bytes.
         labels: list[str] = []
@@ -101,7 +110,36 @@ def prepare_text(
     ids = model.vocab.encode(part, what="text")
     if len(ids) < 2:
         raise CharloomError("the text is too short: the page needs at least 2 characters")
-    return PageText(labels=labels, ids=np.asarray(ids), total=len(norm), shown=shown, start=start)
+    return PageText(
+        labels=labels,
+        ids=np.asarray(ids),
+        total=len(norm),
+        shown=shown + skipped,
+        start=start,
+        skipped=skipped,
+    )
+
+
+def _known_part(model: CharModel, rest: str, max_chars: int, unknown: str) -> tuple[str, int]:
+    """The text from the start on that the page reads, and how many unknown characters were
+    left out of the part it covers (the first ``max_chars`` known ones)."""
+    if unknown == "error":
+        model.vocab.check(rest[:max_chars], what="text", advice="--unknown skip leaves them out")
+        return rest, 0
+    if unknown != "skip":
+        raise CharloomError(f"unknown must be error or skip, not {unknown!r}")
+    bad = set(model.vocab.unknown(rest))
+    if not bad:
+        return rest, 0
+    known, skipped = model.vocab.known_only(rest)
+    if len(known) <= max_chars:  # the page covers the rest of the text
+        return known, skipped
+    # Unknown characters among those the page covers: up to the last character it keeps.
+    covered, seen = 0, 0
+    while seen < max_chars:
+        seen += rest[covered] not in bad
+        covered += 1
+    return known[:max_chars], covered - max_chars
 
 
 def _state_key(layer: int, kind: str) -> str:
@@ -155,13 +193,15 @@ def page_data(
     unit: int | None = None,
     start: int = 0,
     max_chars: int = DEFAULT_MAX_CHARS,
+    unknown: str = "error",
     title: str = "",
 ) -> dict:
     """Everything the page shows, as a JSON-able dict.
 
     ``layer`` (1-based) and ``state`` (``h``, or ``c`` for an LSTM) restrict the states embedded
     to one layer and/or kind, and ``unit`` (0-based) is the unit shown first; by default every
-    state is embedded and the page opens on the top-ranked unit.
+    state is embedded and the page opens on the top-ranked unit. ``unknown``: see
+    :func:`prepare_text`.
     """
     cfg = model.config
     kinds = state_kinds(cfg.kind)
@@ -184,7 +224,7 @@ def page_data(
             f"unit {unit!r} does not exist: the layers have {cfg.hidden} units, "
             f"numbered 0..{cfg.hidden - 1}"
         )
-    pt = prepare_text(model, text, start=start, max_chars=max_chars)
+    pt = prepare_text(model, text, start=start, max_chars=max_chars, unknown=unknown)
     trace: Trace = trace_ids(model.model, pt.ids, top_k=TOP_K)
     n = len(pt.ids)
 
@@ -259,6 +299,7 @@ def page_data(
             "start": pt.start,
             "steps": n,
             "truncated": pt.start + pt.shown < pt.total,
+            "skipped": pt.skipped,
         },
         "labels": pt.labels,
         "ids": pt.ids.tolist(),
@@ -335,4 +376,5 @@ def write_page(
         mean_bits=data["mean_bits"],
         predicted=data["predicted"],
         bytes=len(page.encode("utf-8")),
+        skipped=data["text"]["skipped"],
     )
