@@ -173,6 +173,7 @@ def test_suite_ratios_are_the_measured_components(fake_suite):
     # generation: the lecture loop's 1000 characters (quick) in the fake 0.1 s
     assert r["gen_lecture_chars_per_s"] == pytest.approx(1000 / 0.1)
     assert r["gen_chars_per_s"] == 1000.0 and r["gen_batched_chars_per_s"] == 64_000.0
+    assert r["gen_batched_over_one_stream"] == 64.0
     assert r["gen_speedup_vs_seed"] == pytest.approx(1000.0 / r["gen_lecture_chars_per_s"])
     assert r["gen_torch_chars_per_s"] == 500.0  # the torch engine alone, one stream
     assert r["gen_torch_speedup_vs_seed"] == pytest.approx(500.0 / r["gen_lecture_chars_per_s"])

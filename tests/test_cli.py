@@ -83,7 +83,7 @@ def test_eval_json(run, capsys):
     text = run.parent / "text.txt"
     assert main(["eval", str(run), str(text), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert set(r) == {"loss", "bpc", "perplexity", "chars"}
+    assert set(r) == {"loss", "bpc", "perplexity", "chars", "skipped"} and r["skipped"] == 0
     assert r["chars"] == len(text.read_text()) - 1
     assert r["bpc"] > 0 and r["perplexity"] > 1
 
