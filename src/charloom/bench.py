@@ -81,7 +81,14 @@ def _timed(fn, min_time: float, min_reps: int = 3) -> float:
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, min_time: float = 1.0) -> float:
-    """FLOP/s of an ``n x n`` by ``n x n`` matrix multiplication in ``dtype``."""
+    """FLOP/s of an ``n x n`` by ``n x n`` matrix multiplication in ``dtype`` (``n`` smaller
+    where one product would take over 0.2 s: a CPU without native bf16 multiplies bf16 about a
+    hundred times slower than fp32, and a 2048 product would take tens of seconds)."""
+    probe = torch.randn(256, 256).to(dtype)
+    start = time.perf_counter()
+    probe @ probe
+    rate = 2 * 256**3 / max(time.perf_counter() - start, 1e-9)
+    n = min(n, max(256, int((0.2 * rate / 2) ** (1 / 3))))
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     return 2 * n**3 / _timed(lambda: a @ b, min_time)
 
