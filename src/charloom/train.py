@@ -418,8 +418,8 @@ def train(
         require_tensorboard()
     # Under torchrun, rank 0 picks (and later writes) the run directory; the others learn it.
     group = distributed.join(resolve_device(config.device))
-    source = data.source or TextSource()
-    default = rundir.default_name(source.corpus, source.paths) if data.source else "run"
+    source = data.source
+    default = rundir.default_name(source.corpus, source.paths) if source else "run"
     pick = (rundir.new_run_dir, out, name or default, overwrite)
     run_dir = group.on_main(*pick) if group else rundir.new_run_dir(*pick[1:])
     trainer = Trainer(config, data, run_dir)  # builds batches: checks the text is long enough
