@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'charloom[serve]'")
+pytest.importorskip("fastapi", reason="FastAPI and uvicorn are core dependencies")
 httpx = pytest.importorskip("httpx", reason="needs httpx (the dev extra)")
 
 from conftest import make_text, tiny_overrides  # noqa: E402

@@ -16,15 +16,15 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
     return code, err
 
 
-def test_without_the_extra_it_says_how_to_install_it(capsys, monkeypatch, tmp_path):
+def test_without_fastapi_it_says_how_to_install_it(capsys, monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a)
     )
     code, err = run_cli(capsys, str(tmp_path))
     assert code == 2
-    assert err.startswith("charloom: error: serving needs the serve extra: ")
-    assert "pip install 'charloom[serve]'" in err and err.count("\n") == 1
+    assert err.startswith("charloom: error: serving needs FastAPI and uvicorn: ")
+    assert "pip install 'fastapi" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(

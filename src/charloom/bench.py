@@ -164,7 +164,7 @@ def generation_chars_per_s(model: CharRNN, streams: int, n: int, engine: str = "
 
 
 #: Why ``server_chars_per_s`` is None where the server cannot run.
-NO_SERVER = "- (FastAPI is not installed: pip install 'charloom[serve]')"
+NO_SERVER = "- (FastAPI or uvicorn is missing: pip install 'fastapi>=0.110' 'uvicorn>=0.29')"
 
 
 def server_available() -> bool:

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     sv = subparsers.add_parser(
         "serve",
-        help="an HTTP generation API and a web playground (needs charloom[serve])",
+        help="an HTTP generation API and a web playground",
         description=(
             "Serve a model: the playground at /, the API under /v1 (documented at /docs). "
             "Listens on loopback unless --host says otherwise (0.0.0.0: all interfaces)."

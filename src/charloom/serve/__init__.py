@@ -1,6 +1,6 @@
 """``charloom serve``: an HTTP generation API and a web playground for a trained model.
 
-Needs the ``serve`` extra (FastAPI and uvicorn): ``pip install 'charloom[serve]'``. The pieces:
+Built on FastAPI and uvicorn (core dependencies). The pieces:
 
 - ``limits.py``     ServeLimits: every bound a request must respect (one home for them);
 - ``scheduler.py``  one worker that steps all requests' samples together, a chunk at a time;
@@ -9,8 +9,8 @@ Needs the ``serve`` extra (FastAPI and uvicorn): ``pip install 'charloom[serve]'
 - ``server.py``     ``serve(run, host, port, ...)``: load a run, bind, hand the app to uvicorn;
 - ``static/``       the playground page and the offline API docs page.
 
-Only ``limits`` is imported here, so ``import charloom.serve`` works without the extra and
-``charloom serve`` can say how to install it.
+Only ``limits`` is imported here, so ``import charloom.serve`` stays light, and an install that
+lost FastAPI or uvicorn gets one line saying how to put them back.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import importlib.util
 from ..errors import CharloomError
 from .limits import ServeLimits
 
-EXTRA_HINT = "serving needs the serve extra: pip install 'charloom[serve]'"
+EXTRA_HINT = "serving needs FastAPI and uvicorn: pip install 'fastapi>=0.110' 'uvicorn>=0.29'"
 
 
 def require_serve_extra() -> None:
