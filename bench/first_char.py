@@ -7,7 +7,7 @@ Trains a tiny run first (in a temporary folder, deleted at the end), then starts
 processes of ``python -m charloom sample RUN --length L --seed 1`` and reads their stdout:
 
 - ``cold``: ``NUMBA_CACHE_DIR`` an empty folder, new for each process: numba must compile, so
-  the sample starts on the torch engine and switches to numba when the background compile ends;
+  the sample starts on the numpy engine and switches to numba when the background compile ends;
 - ``warm``: ``NUMBA_CACHE_DIR`` a folder already filled by one earlier sample;
 - for scale, a process that only imports torch, and one that imports charloom's sample path.
 
@@ -102,7 +102,9 @@ def run(reps: int, length: int) -> dict:
         imports = {
             "python_only": "pass",
             "import_torch": "import torch",
-            "import_sample_path": "import charloom.commands, charloom.charmodel",
+            # what `charloom sample` imports on the CPU (torch is not among them)
+            "import_sample_path": "import charloom.commands, charloom.cpusample",
+            "import_torch_sample_path": "import charloom.commands, charloom.charmodel",
         }
         for key, code in imports.items():
             times = []

@@ -8,11 +8,11 @@ import dataclasses
 import pytest
 
 from charloom import commands, config, presets
-from charloom.batches import BATCHINGS
 from charloom.commands import train as train_command
-from charloom.config import TrainConfig
+from charloom.config import BATCHINGS, TrainConfig
 from charloom.errors import CharloomError
-from charloom.model import MODEL_KINDS, PATHS, ModelConfig
+from charloom.model import PATHS
+from charloom.modelconfig import MODEL_KINDS, ModelConfig
 from charloom.vocab import VOCAB_KINDS
 
 #: Fields that are not settings a user gives: the nested model, the size the text decides, and
@@ -77,8 +77,19 @@ def test_train_help_documents_every_flag(capsys):
     for f in ALL_FIELDS:
         if f.name not in INTERNAL:
             assert config.flag_for(f.name) + " " in out, f.name
-    for flag in ("--quiet", "--no-bar", "--nproc", "--preset", "--resume", "--out", "--name",
-                 "--overwrite", "--corpus", "--encoding", "--errors"):
+    for flag in (
+        "--quiet",
+        "--no-bar",
+        "--nproc",
+        "--preset",
+        "--resume",
+        "--out",
+        "--name",
+        "--overwrite",
+        "--corpus",
+        "--encoding",
+        "--errors",
+    ):
         assert flag in out
 
 
@@ -91,10 +102,14 @@ def test_train_help_documents_every_flag(capsys):
         (["--grad-clip", "none"], {"grad_clip": None}),
         (["--grad-clip", "0.5"], {"grad_clip": 0.5}),
         (["--time", "90s"], {"time": 90.0}),
-        (["--model", "gru", "--ascii", "--warmup", "0"], {"kind": "gru", "ascii": True,
-                                                          "warmup": 0}),
-        (["--log-style", "lecture", "--sample-prime", "Once"],
-         {"log_style": "lecture", "sample_prime": "Once"}),
+        (
+            ["--model", "gru", "--ascii", "--warmup", "0"],
+            {"kind": "gru", "ascii": True, "warmup": 0},
+        ),
+        (
+            ["--log-style", "lecture", "--sample-prime", "Once"],
+            {"log_style": "lecture", "sample_prime": "Once"},
+        ),
     ],
 )
 def test_flags_become_the_overrides_given(argv, expected):
@@ -188,7 +203,15 @@ def test_every_command_module_registers_and_runs():
     parser = commands.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert list(sub.choices) == [
-        "train", "prepare", "sample", "eval", "bench", "info", "viz", "plot", "serve"
+        "train",
+        "prepare",
+        "sample",
+        "eval",
+        "bench",
+        "info",
+        "viz",
+        "plot",
+        "serve",
     ]
     for module in commands.COMMANDS:
         assert callable(module.register) and callable(module.run)

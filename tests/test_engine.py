@@ -17,11 +17,12 @@ import torch
 from charloom import fastgen
 from charloom.errors import CharloomError
 from charloom.model import CharRNN, ModelConfig
-from charloom.nextchar import pick
+from charloom.npgen import NumpyGenerator
 from charloom.sample import (
     SampleSettings,
     TorchGenerator,
     engine_in_use,
+    pick,
     sample,
 )
 from charloom.vocab import Vocab
@@ -75,7 +76,7 @@ def test_a_stream_that_switches_to_numba_midway_writes_the_same_text(kind, layer
         want = sample(model, vocab, "Th", 120, settings, num_samples=2, seed=3, engine="torch")
         assert sample(model, vocab, "Th", 120, settings, 2, seed=3, engine="numba") == want
         for switch_after in (1, 3):  # after 1 step, or after blocks of 1, 4 and 16 steps
-            runs: dict[str, int] = {"torch": 0, "numba": 0}
+            runs: dict[str, int] = {"numpy": 0, "numba": 0}
 
             def counted(run, name, runs=runs):
                 def wrapped(self, *args):
@@ -84,21 +85,21 @@ def test_a_stream_that_switches_to_numba_midway_writes_the_same_text(kind, layer
 
                 return wrapped
 
-            monkeypatch.setattr(TorchGenerator, "run", counted(TorchGenerator.run, "torch"))
+            monkeypatch.setattr(NumpyGenerator, "run", counted(NumpyGenerator.run, "numpy"))
             monkeypatch.setattr(
                 fastgen.FastGenerator, "run", counted(fastgen.FastGenerator.run, "numba")
             )
             monkeypatch.setattr(
-                fastgen, "ready", lambda runs=runs, k=switch_after: runs["torch"] >= k
+                fastgen, "ready", lambda runs=runs, k=switch_after: runs["numpy"] >= k
             )
             got = sample(model, vocab, "Th", 120, settings, num_samples=2, seed=3, engine="auto")
-            assert runs["torch"] == switch_after and runs["numba"] > 0  # switched part-way
+            assert runs["numpy"] == switch_after and runs["numba"] > 0  # switched part-way
             assert got == want, (settings, switch_after)
             monkeypatch.undo()
 
 
 @needs_numba
-def test_numba_failing_at_run_time_falls_back_to_torch_once(
+def test_numba_failing_at_run_time_falls_back_to_numpy_once(
     monkeypatch, caplog, fresh_engine_state
 ):
     fastgen.prepare(wait=True)
@@ -115,7 +116,7 @@ def test_numba_failing_at_run_time_falls_back_to_torch_once(
     lines = [r.getMessage() for r in caplog.records if r.name == "charloom"]
     assert len(lines) == 1 and "\n" not in lines[0], lines
     assert "compiled engine failed (RuntimeError: illegal instruction)" in lines[0]
-    assert engine_in_use().startswith("torch (numba failed")
+    assert engine_in_use().startswith("numpy (numba failed")
     with pytest.raises(CharloomError, match="numba engine"):  # asked for by name: an error
         sample(model, vocab, "Th", 9, seed=4, engine="numba")
 
@@ -138,8 +139,8 @@ def test_a_compiled_engine_that_cannot_be_built_is_tried_once(monkeypatch, fresh
 
 
 @needs_numba
-def test_a_compiler_error_falls_back_to_torch(monkeypatch, caplog, fresh_engine_state):
-    # The background load fails (as on a CPU numba cannot compile for): one line, torch text.
+def test_a_compiler_error_falls_back_to_numpy(monkeypatch, caplog, fresh_engine_state):
+    # The background load fails (as on a CPU numba cannot compile for): one line, the same text.
     model, vocab = _model("gru", 1), Vocab.build("printable")
     want = sample(model, vocab, "Th", 40, seed=5, engine="torch")
 
@@ -164,9 +165,9 @@ def test_engine_in_use_says_what_auto_runs(monkeypatch):
     assert engine_in_use() == "numba"
     assert engine_in_use("meta") == "torch (not on the CPU)"
     monkeypatch.setattr(fastgen, "status", lambda: "compiling")
-    assert engine_in_use() == "torch (compiling)"
+    assert engine_in_use() == "numpy (compiling)"
     monkeypatch.setattr(fastgen, "status", lambda: "not installed")
-    assert engine_in_use() == "torch (numba not installed)"
+    assert engine_in_use() == "numpy (numba not installed)"
 
 
 def _run(script: str, **env: str) -> subprocess.CompletedProcess:
@@ -176,7 +177,7 @@ def _run(script: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_without_numba_auto_uses_torch_and_says_so_once():
+def test_without_numba_auto_uses_numpy_and_says_so_once():
     script = """
 import sys
 sys.modules["numba"] = None  # as if numba were not installed
@@ -193,7 +194,7 @@ print(engine_in_use())
 """
     out = _run(script)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "torch (numba not installed)"
+    assert out.stdout.strip() == "numpy (numba not installed)"
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "numba is not installed" in lines[0], out.stderr
     assert "pip install" in lines[0]
@@ -233,7 +234,7 @@ def test_compile_ahead_starts_one_quiet_process(monkeypatch):
     monkeypatch.setattr(fastgen, "_kernels", None)
     monkeypatch.setattr(fastgen, "available", lambda: True)
     fastgen.compile_ahead()
-    (args, kw), = started
+    ((args, kw),) = started
     assert args[0][0] == sys.executable and "prepare(wait=True)" in args[0][-1]
     assert kw["start_new_session"] and kw["stdout"] == kw["stderr"] == subprocess.DEVNULL
     monkeypatch.setattr(fastgen, "available", lambda: False)  # no numba: nothing to start

@@ -4,10 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from charloom import fastgen
 from charloom.errors import CharloomError
 from charloom.model import CharRNN, ModelConfig
-from charloom.sample import SampleSettings, SampleStream, generate_blocks, sample
+from charloom.sample import (
+    CompiledGenerator,
+    SampleSettings,
+    SampleStream,
+    generate_blocks,
+    next_token_distribution,
+    sample,
+)
 from charloom.vocab import Vocab
 
 kernels = pytest.importorskip("charloom.kernels", reason="numba is not installed")
@@ -20,16 +26,48 @@ SETTINGS = [
 ]
 
 
+def drawn_ids(model, vocab, prime, steps, settings, rows, seed, engine) -> np.ndarray:
+    stream = SampleStream(vocab, prime, steps, settings, rows, seed)
+    blocks, n = [], 0
+    for block in generate_blocks(model, stream, engine):
+        blocks.append(np.asarray(block))
+        n += len(block)
+        if n >= steps:
+            return np.concatenate(blocks)[:steps]
+    raise AssertionError("generate_blocks ended")
+
+
+def assert_same_draws(model, vocab, prime, steps, settings, rows, seed, engine):
+    """The engine draws the reference's ids, except where a uniform falls within float32
+    rounding of a boundary between two characters (documented): there, and only there, the
+    columns may part (checked in float64 on the reference's own path)."""
+    ref = drawn_ids(model, vocab, prime, steps, settings, rows, seed, "torch")
+    got = drawn_ids(model, vocab, prime, steps, settings, rows, seed, engine)
+    uniforms = SampleStream(vocab, prime, steps, settings, rows, seed).uniforms.take(steps)
+    for col in range(rows):
+        apart = np.flatnonzero(ref[:, col] != got[:, col])
+        if not len(apart):
+            continue
+        t = apart[0]
+        ids = torch.tensor([vocab.encode(prime, what="prime").tolist() + ref[:t, col].tolist()])
+        with torch.no_grad():
+            logits, _ = model(ids)
+        probs = next_token_distribution(logits[:, -1], settings)[0].double()
+        cdf = torch.cumsum(probs, 0)
+        target = float(uniforms[t, col]) * float(cdf[-1])
+        gap = float((cdf - target).abs().min())
+        assert gap < 1e-6, (engine, settings, col, t, gap)
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_numba_engine_writes_the_reference_text(kind, layers):
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_cpu_engines_draw_the_reference_ids(kind, layers, engine):
     torch.manual_seed(0)
     vocab = Vocab.build("printable")
     model = CharRNN(ModelConfig(kind=kind, vocab_size=100, embed=16, hidden=32, layers=layers))
     for settings in SETTINGS:
-        ref = sample(model, vocab, "Th", 150, settings, num_samples=3, seed=11, engine="torch")
-        fast = sample(model, vocab, "Th", 150, settings, num_samples=3, seed=11, engine="numba")
-        assert fast == ref, settings
+        assert_same_draws(model, vocab, "Th", 150, settings, 3, 11, engine)
 
 
 def test_numba_engine_in_bytes_mode_counts_characters():
@@ -45,7 +83,7 @@ def test_draws_follow_the_distribution():
     # Many streams of one step from a known distribution: the frequencies match it.
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=4, embed=4, hidden=4, layers=1))
-    gen = fastgen.FastGenerator(model)
+    gen = CompiledGenerator(model)
     logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4])).repeat(20000, 1)
     u = torch.rand(1, 20000)
     ids, _, _ = gen.run(model.zero_state(20000), logits, u, SampleSettings(temperature=1.0))
@@ -76,7 +114,7 @@ def test_run_in_pieces_equals_one_run():
     # Block boundaries carry state and logits exactly: 3 + 61 steps == 64 steps.
     torch.manual_seed(4)
     model = CharRNN(ModelConfig(vocab_size=30, embed=8, hidden=20, layers=2))
-    gen = fastgen.FastGenerator(model)
+    gen = CompiledGenerator(model)
     u = torch.rand(64, 6, generator=torch.Generator().manual_seed(0))
     start = (model.zero_state(6), torch.randn(6, 30))
     settings = SampleSettings(temperature=0.9)
@@ -120,11 +158,13 @@ def test_blocks_stop_at_the_expected_length_then_go_on():
         stream = SampleStream(vocab, [1], 30, SampleSettings(), num_samples=2, seed=9)
         return generate_blocks(model, stream, engine)
 
-    for engine in ("numba", "torch"):  # both engines: the same block sizes
+    for engine in ("numba", "numpy", "torch"):  # every engine: the same block sizes
         gen = blocks(engine)
         sizes = [len(next(gen)) for _ in range(6)]
         assert sizes == [1, 4, 16, 9, 64, 64], engine
-    ref, fast = blocks("torch"), blocks("numba")
-    want = torch.cat([next(ref) for _ in range(6)])  # 1 + 4 + 16 + 9 + 64 + 64
-    got = torch.cat([next(fast) for _ in range(6)])
-    assert want.shape == (158, 2) and torch.equal(got, want)
+    ref = blocks("torch")
+    want = np.concatenate([next(ref) for _ in range(6)])  # 1 + 4 + 16 + 9 + 64 + 64
+    for engine in ("numba", "numpy"):
+        got_blocks = blocks(engine)
+        got = np.concatenate([next(got_blocks) for _ in range(6)])
+        assert want.shape == (158, 2) and np.array_equal(got, want), engine

@@ -3,8 +3,8 @@ import torch
 
 from charloom.errors import CharloomError
 from charloom.model import CharRNN, ModelConfig
-from charloom.nextchar import SampleSettings, next_token_distribution
-from charloom.sample import SampleStream, generate_blocks, sample
+from charloom.nextchar import SampleSettings
+from charloom.sample import SampleStream, generate_blocks, next_token_distribution, sample
 from charloom.vocab import Vocab
 
 

@@ -22,7 +22,7 @@ from charloom.charmodel import CharModel  # noqa: E402
 from charloom.commands import main  # noqa: E402
 from charloom.model import CharRNN, ModelConfig  # noqa: E402
 from charloom.nextchar import SampleSettings  # noqa: E402
-from charloom.sample import engine_name, sample  # noqa: E402
+from charloom.sample import CompiledGenerator, engine_name, sample  # noqa: E402
 from charloom.serve import ServeLimits  # noqa: E402
 from charloom.serve.app import create_app  # noqa: E402
 from charloom.serve.jobs import GenerateJob  # noqa: E402
@@ -110,7 +110,7 @@ def test_the_server_uses_the_engine_charloom_sample_uses(model):
     assert scheduler.engine == engine_name(model.model)
     if fastgen.available():
         assert scheduler.engine == "numba"
-        assert isinstance(scheduler.stepper.generator, fastgen.FastGenerator)
+        assert isinstance(scheduler.stepper.generator, CompiledGenerator)
 
 
 def test_seeded_text_is_charloom_sample_text_whatever_runs_beside(model, run_dir, capsys):

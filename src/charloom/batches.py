@@ -20,8 +20,6 @@ import torch
 
 from .errors import CharloomError
 
-BATCHINGS = ("stream", "portions")
-
 
 class Portions:
     """Random portions of ``seq_len + 1`` characters, ``batch_size`` at a time."""
@@ -127,8 +125,12 @@ def make_batches(
     kind: str, data: torch.Tensor, batch_size: int, seq_len: int, seed: int
 ) -> Batches:
     """The batcher named ``kind`` (``stream`` or ``portions``) over ``data (N,)``."""
-    if kind == "stream":
-        return Streams(data, batch_size, seq_len, seed)
-    if kind == "portions":
-        return Portions(data, batch_size, seq_len, seed)
-    raise CharloomError(f"unknown batching {kind!r}; choose one of: {', '.join(BATCHINGS)}")
+    source = KINDS.get(kind)
+    if source is None:
+        raise CharloomError(f"unknown batching {kind!r}; choose one of: {', '.join(KINDS)}")
+    return source(data, batch_size, seq_len, seed)
+
+
+#: The batchers by the name ``--batching`` gives them (``config.BATCHINGS``, which a test keeps
+#: equal to these keys: config offers the choice without importing torch).
+KINDS: dict[str, type[Portions] | type[Streams]] = {"stream": Streams, "portions": Portions}

@@ -33,11 +33,13 @@ import torch
 
 from . import fastgen
 from .batches import make_batches
+from .config import BENCH_DATA_ENV as DATA_ENV
 from .config import TrainConfig
 from .data import encode_text
 from .device import cpu_has_bf16_lstm, resolve_precision
 from .errors import CharloomError
-from .model import CharRNN, ModelConfig
+from .model import CharRNN
+from .modelconfig import ModelConfig
 from .presets import preset_config
 from .sample import SampleSettings, engine_in_use, sample
 from .step import TrainStep
@@ -278,7 +280,6 @@ def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
 
 
 #: The environment variable naming the quality runs' text when ``--data`` is not given.
-DATA_ENV = "CHARLOOM_BENCH_DATA"
 #: What ``results["data"]`` says when the quality runs used the built-in corpus.
 BUILTIN_DATA = "the built-in python-docs corpus"
 
@@ -421,8 +422,7 @@ def table(results: dict) -> str:
         ("training speed-up vs seed", f"{r['train_speedup_vs_seed']:.1f}x"),
         (
             f"training, fast path {r['train_fast_batch']} fp32 (chars/s)",
-            f"{r['train_fast_fp32_chars_per_s']:,.0f} "
-            f"({r['train_speedup_vs_seed_fp32']:.1f}x)",
+            f"{r['train_fast_fp32_chars_per_s']:,.0f} ({r['train_speedup_vs_seed_fp32']:.1f}x)",
         ),
         ("fp32 matmul peak (GFLOP/s)", f"{r['matmul_peak_gflops']['fp32']:,.0f}"),
         ("bf16 matmul peak (GFLOP/s)", f"{r['matmul_peak_gflops']['bf16']:,.0f}"),

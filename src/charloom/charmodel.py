@@ -14,8 +14,11 @@ from .corpus import normalise_ascii
 from .device import resolve_device
 from .errors import CharloomError
 from .evaluate import EvalResult, evaluate_ids
-from .model import CharRNN, ModelConfig
-from .sample import SampleSettings, sample, stream_samples
+from .model import CharRNN
+from .modelconfig import ModelConfig
+from .nextchar import SampleSettings
+from .sample import generate_blocks
+from .samplestream import SampleStream, text_pieces, whole_texts
 from .vocab import UNKNOWN_CHOICES, Vocab
 
 
@@ -42,6 +45,24 @@ class CharModel:
         """``text`` as the model saw its training text (ASCII-normalised if it was)."""
         return normalise_ascii(text) if self.ascii else text
 
+    def pieces(
+        self,
+        prime: str,
+        length: int,
+        settings: SampleSettings,
+        num_samples: int = 1,
+        seed: int | None = None,
+        engine: str = "auto",
+    ) -> Iterator[list[str]]:
+        """Each sample's new text, block by block (``samplestream.text_pieces``); the request
+        and the engine are checked before the first block is asked for."""
+        if not isinstance(prime, str):
+            raise CharloomError("the prime must hold at least one character")
+        stream = SampleStream(
+            self.vocab, self.normalise(prime), length, settings, num_samples, seed
+        )
+        return text_pieces(stream, generate_blocks(self.model, stream, engine))
+
     def sample(
         self,
         prime: str = "Th",
@@ -56,16 +77,8 @@ class CharModel:
     ) -> list[str]:
         """``num_samples`` texts: the prime followed by exactly ``length`` new characters."""
         settings = SampleSettings(temperature, top_k, top_p, greedy)
-        return sample(
-            self.model,
-            self.vocab,
-            self.normalise(prime),
-            length,
-            settings,
-            num_samples,
-            seed,
-            engine,
-        )
+        pieces = self.pieces(prime, length, settings, num_samples, seed, engine)
+        return whole_texts(self.normalise(prime), pieces, num_samples)
 
     def stream(
         self,
@@ -80,9 +93,7 @@ class CharModel:
     ) -> Iterator[str]:
         """The new characters of one sample, yielded as they are generated."""
         settings = SampleSettings(temperature, top_k, top_p, greedy)
-        for pieces in stream_samples(
-            self.model, self.vocab, self.normalise(prime), length, settings, 1, seed, engine
-        ):
+        for pieces in self.pieces(prime, length, settings, 1, seed, engine):
             if pieces[0]:
                 yield pieces[0]
 

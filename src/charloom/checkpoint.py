@@ -26,16 +26,24 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from ._version import __version__
 from .errors import CharloomError
-from .model import CharRNN, ModelConfig
+from .modelconfig import ModelConfig
 from .rundir import BEST, LATEST
 from .vocab import Vocab
+
+# torch is imported only where tensors are made (weights to write, weights to load as tensors,
+# a model to build): reading a checkpoint's settings and its weights as arrays - what sampling
+# on the CPU needs - must not cost torch's import (seconds).
+if TYPE_CHECKING:
+    import torch
+
+    from .model import CharRNN
 
 #: Version of the on-disk layout; a checkpoint from a newer charloom is refused, not guessed at.
 FORMAT = 1
@@ -67,6 +75,8 @@ class Checkpoint:
         return bool(self.meta.get("text", {}).get("ascii", False))
 
     def build_model(self, device: str | torch.device = "cpu") -> CharRNN:
+        from .model import CharRNN
+
         model = CharRNN(self.model_config)
         try:
             model.load_state_dict(self.weights, strict=True)
@@ -132,6 +142,8 @@ def write_checkpoint(
     state_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write checkpoint ``run_dir/name`` so that a crash at any moment leaves a complete one."""
+    from safetensors.torch import save_file
+
     run_dir = Path(run_dir)
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp{os.getpid()}"
@@ -200,8 +212,30 @@ def _read_json(path: Path, what: str):
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return _safely(path, lambda: load_file(str(path), device="cpu"))
+
+
+class UnreadableDtype(CharloomError):
+    """Weights in a dtype numpy lacks (bfloat16): torch can still load them."""
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The weights of checkpoint folder ``path`` as numpy arrays, without torch. A dtype numpy
+    lacks raises :class:`UnreadableDtype`; a caller may then load them with torch."""
+    from safetensors.numpy import load_file
+
     try:
-        return load_file(str(path), device="cpu")
+        return _safely(path / WEIGHTS_FILE, lambda: load_file(str(path / WEIGHTS_FILE)))
+    except TypeError as exc:  # "data type 'bfloat16' not understood"
+        raise UnreadableDtype(f"{path / WEIGHTS_FILE}: {exc}") from None
+
+
+def _safely(path: Path, load):
+    """``load()``, a safetensors reader of ``path``, with its failures as one-line errors."""
+    try:
+        return load()
     except FileNotFoundError:
         raise CharloomError(f"{path} is missing: not a complete charloom checkpoint") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -278,14 +312,18 @@ def parse_config(cfg, where: Path) -> tuple[ModelConfig, Vocab, dict]:
     return model_config, vocab, meta
 
 
+def read_settings(path: Path) -> tuple[ModelConfig, Vocab, dict]:
+    """Checkpoint folder ``path``'s files checked against its manifest (if it has one), and its
+    config.json parsed: model settings, vocabulary and the rest (see :func:`parse_config`)."""
+    if (path / MANIFEST_FILE).exists():
+        verify_manifest(path)
+    return parse_config(_read_json(path / CONFIG_FILE, "config"), path / CONFIG_FILE)
+
+
 def load_checkpoint(path: Path, with_state: bool = False) -> Checkpoint:
     """Load checkpoint folder ``path``; ``with_state`` also loads the training state."""
     path = Path(path)
-    if (path / MANIFEST_FILE).exists():
-        verify_manifest(path)
-    model_config, vocab, meta = parse_config(
-        _read_json(path / CONFIG_FILE, "config"), path / CONFIG_FILE
-    )
+    model_config, vocab, meta = read_settings(path)
     weights = _load_tensors(path / WEIGHTS_FILE)
     ckpt = Checkpoint(path, model_config, vocab, meta, weights)
     if with_state:

@@ -18,10 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .batches import BATCHINGS
 from .errors import CharloomError
-from .model import PATHS, ModelConfig
+from .modelconfig import PATHS, ModelConfig
 from .vocab import VOCAB_KINDS
+
+#: How training cuts the text into batches (``batches.KINDS``; kept here so that offering the
+#: choice does not import torch).
+BATCHINGS = ("stream", "portions")
+#: The environment variable naming the text of ``charloom bench``'s quality runs.
+BENCH_DATA_ENV = "CHARLOOM_BENCH_DATA"
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "constant")

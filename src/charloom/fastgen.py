@@ -19,18 +19,20 @@ How it is made fast (each step measured with ``charloom bench`` and micro-timing
 - Layer 0's input projection of every character is precomputed: a table lookup.
 - One stream is bound by reading the recurrent weights from the L2 cache once per character.
 
-It reads the same weights as ``CharRNN`` and draws with the same uniforms as the reference sampler
-in ``sample.py`` (inverse-CDF sampling), so for a given seed it produces the same text; the tests
+It reads the weights the numpy engine reads (``npgen.GenWeights``) and draws with the same
+uniforms as the reference sampler in ``sample.py`` (inverse-CDF sampling), so for a given seed it
+produces the same text; the tests
 check this against the simple path (float32 rounding differs in the last bits, which changes a
 draw only when a uniform falls within about 1e-7 of a boundary).
 
 Nobody waits for the compiler. Importing numba and compiling the kernels (about 15 s the first
 time on a machine, a fraction of a second from numba's on-disk cache afterwards) happens in a
-background daemon thread started by :func:`prepare`; until :func:`ready`, callers generate with
-the torch engine, and since both engines consume the same uniforms in the same order, a stream
-can switch to this engine between two blocks without changing its text. numba is a dependency
-of charloom; where it cannot be imported or compiled, or fails at run time, charloom says so once
-per process on stderr (the ``charloom`` logger) and stays on the torch engine.
+background daemon thread started by :func:`prepare`; until :func:`ready`, a stream runs on the
+numpy engine (:func:`cpu_blocks`; the server: on torch), and since the engines consume the same
+uniforms in the same order, it switches to this engine between two blocks without changing its
+text. numba is a dependency of charloom; where it cannot be imported or compiled, or fails at run
+time, charloom says so once per process on stderr (the ``charloom`` logger) and goes on with the
+uncompiled engine.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ import logging
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
-import torch
 
-from .model import CharRNN
-from .nextchar import SampleSettings
+from .errors import CharloomError
+from .nextchar import SampleSettings, Uniforms
+from .npgen import ArrayState, GenWeights, NumpyGenerator
+from .samplestream import SampleStream
 
 _KIND_CODE = {"lstm": 0, "gru": 1, "rnn": 2}
 
@@ -105,11 +109,11 @@ def ready() -> bool:
 
 def failed(reason: str) -> None:
     """Give up the compiled engine for the rest of the process (it raised at run time) and say
-    so once; callers fall back to the torch engine."""
+    so once; callers fall back to an uncompiled engine."""
     global _failure, _kernels
     with _lock:
         _failure, _kernels = _failure or reason, None
-    say_once("failed", f"the compiled engine failed ({reason}); using the torch engine")
+    say_once("failed", f"the compiled engine failed ({reason}); going on with the uncompiled one")
 
 
 def prepare(wait: bool = False) -> bool:
@@ -120,7 +124,7 @@ def prepare(wait: bool = False) -> bool:
     if importlib.util.find_spec("numba") is None:
         say_once(
             "missing",
-            f"numba is not installed, so sampling runs on the slower torch engine "
+            f"numba is not installed, so sampling runs on a slower engine "
             f"({INSTALL_HINT} for the compiled one)",
         )
         return False
@@ -132,6 +136,15 @@ def prepare(wait: bool = False) -> bool:
     if wait and thread is not None:
         thread.join()
     return ready()
+
+
+def require() -> None:
+    """Make the compiled engine ready (waiting for the compiler), since it was asked for by
+    name, or refuse in one line."""
+    if status() == "not installed":
+        raise CharloomError(f"the numba engine needs numba: {INSTALL_HINT}")
+    if not prepare(wait=True):
+        raise CharloomError(f"the numba engine cannot run here ({status()})")
 
 
 #: What :func:`compile_ahead` runs: compile (or load) the kernels at the lowest CPU priority,
@@ -186,7 +199,7 @@ def _load() -> None:
     except Exception as exc:  # numba missing a piece, an unsupported CPU, a compiler error
         with _lock:
             _failure = one_line(exc)
-        say_once("failed", f"the compiled engine is unavailable ({_failure}); using torch")
+        say_once("failed", f"the compiled engine is unavailable ({_failure}); going on without it")
         return
     with _lock:
         if _failure is None:
@@ -232,70 +245,42 @@ _STREAMS_PER_THREAD = 2
 
 
 class FastGenerator:
-    """Holds a model's weights laid out for the compiled loop (float32, transposed). Build it
-    once :func:`ready` (or after ``prepare(wait=True)``); otherwise its first call compiles."""
+    """The compiled engine for one model's weights (``npgen.GenWeights``, which the numpy
+    engine reads too). Build it once :func:`ready` (or after ``prepare(wait=True)``); otherwise
+    its first call compiles."""
 
-    def __init__(self, model: CharRNN) -> None:
+    def __init__(self, weights: GenWeights) -> None:
         from . import kernels  # imports numba: a second or so, unless prepare() did it
 
         self._kernels = kernels
-        cfg = model.config
-        self.kind = _KIND_CODE[cfg.kind]
-        hidden, gsize = cfg.hidden, cfg.gates * cfg.hidden
-
-        def f32(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().to("cpu", torch.float32)
-
-        def dense(t: torch.Tensor) -> np.ndarray:
-            return np.ascontiguousarray(t.numpy(), dtype=np.float32)
-
-        with torch.no_grad():
-            layers = [
-                {name: f32(w) for name, w in model.layer_weights(i).items()}
-                for i in range(cfg.layers)
-            ]
-            # GRU keeps the recurrent bias apart (its n gate scales it by r); LSTM and RNN add
-            # it to the input part, so the summed gate inputs need one buffer.
-            split = cfg.kind == "gru"
-            b_hh = [w["bias_hh"] for w in layers]
-            bias_in = [w["bias_ih"] if split else w["bias_ih"] + w["bias_hh"] for w in layers]
-            # Layer 0's input projection of every character, precomputed: a table lookup.
-            emb = f32(model.embedding.weight)
-            table = dense(emb @ layers[0]["weight_ih"].T + bias_in[0])
-            w_ih = [dense(w["weight_ih"].T) for w in layers[1:]]
-            self.weights = (
-                table,
-                np.stack(w_ih) if w_ih else np.zeros((1, hidden, gsize), np.float32),
-                dense(torch.stack(bias_in)),
-                np.stack([dense(w["weight_hh"].T) for w in layers]),
-                dense(torch.stack(b_hh)),
-                dense(f32(model.head.weight).T),
-                dense(f32(model.head.bias)),
-            )
-        self.is_lstm = cfg.kind == "lstm"
+        self.kind = _KIND_CODE[weights.kind]
+        w = weights
+        self.weights = (w.table, w.w_ih, w.bias_in, w.w_hh, w.b_hh, w.head_w, w.head_b)
+        self.is_lstm = weights.kind == "lstm"
 
     def run(
         self,
-        state: tuple[torch.Tensor, ...],
-        logits: torch.Tensor,
-        uniforms: torch.Tensor,
+        state: ArrayState,
+        logits: np.ndarray,
+        uniforms: np.ndarray,
         settings: SampleSettings,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+    ) -> tuple[np.ndarray, ArrayState, np.ndarray]:
         """Draw ``uniforms.shape[0]`` characters for each of B streams (the interface of
-        ``sample.TorchGenerator``, so a caller can drive either).
+        ``npgen.NumpyGenerator``, so a caller can drive either).
 
-        ``state``: tuple of (L, B, H); ``logits (B, V)``: the distribution for the first draw;
-        ``uniforms (steps, B)``. Returns ids ``(steps, B)``, the new state and the logits after
-        the last character. The arguments are copied, never changed: after an exception they
-        still hold the stream's position, so a caller can redo the block with another engine."""
-        h = state[0].detach().to("cpu", torch.float32).numpy().copy()
+        ``state``: tuple of (L, B, H) float32 arrays; ``logits (B, V)``: the distribution for
+        the first draw; ``uniforms (steps, B)``. Returns ids ``(steps, B)`` int64, the new state
+        and the logits after the last character. The arguments are copied, never changed: after
+        an exception they still hold the stream's position, so a caller can redo the block with
+        another engine."""
+        h = np.array(state[0], dtype=np.float32, order="C")
         c = (
-            state[1].detach().to("cpu", torch.float32).numpy().copy()
+            np.array(state[1], dtype=np.float32, order="C")
             if self.is_lstm
             else np.zeros((1, 1, 1), np.float32)
         )
-        lg = logits.detach().to("cpu", torch.float32).numpy().copy()
-        u = np.ascontiguousarray(uniforms.to(torch.float32).numpy())
+        lg = np.array(logits, dtype=np.float32, order="C")
+        u = np.ascontiguousarray(uniforms, dtype=np.float32)
         out = np.empty(u.shape, dtype=np.int64)
         streams = u.shape[1]
         blocks = min(self._kernels.numba.get_num_threads(), streams // _STREAMS_PER_THREAD)
@@ -305,7 +290,56 @@ class FastGenerator:
                 self._kernels.generate_parallel(blocks, self.kind, *args)
         else:
             self._kernels.run_block(self.kind, 0, streams, *args)
-        new_state = (
-            (torch.from_numpy(h), torch.from_numpy(c)) if self.is_lstm else (torch.from_numpy(h),)
-        )
-        return torch.from_numpy(out), new_state, torch.from_numpy(lg)
+        return out, ((h, c) if self.is_lstm else (h,)), lg
+
+
+#: A CPU engine: both draw a block with ``run(state, logits, uniforms, settings)``.
+CpuEngine = NumpyGenerator | FastGenerator
+
+
+def cpu_blocks(
+    weights: GenWeights, stream: SampleStream, engine: str = "auto"
+) -> Iterator[np.ndarray]:
+    """Endless ids ``(n, num_samples)`` drawn for ``stream`` on the CPU, in blocks of 1, 4, 16,
+    then 64 steps (so the first characters show at once).
+
+    ``engine``: ``numba`` waits for the compiled engine; ``auto`` starts on the numpy engine
+    (the prime and the first blocks; it needs no compiler) while the compiled one is loaded or
+    compiled in the background, and switches between two blocks once that is ready; if it fails
+    at run time, ``auto`` says so once and redoes the block in numpy; ``numpy`` stays in numpy.
+    Blocks stop at exactly ``stream.length`` steps (and go on past it if asked, as bytes mode
+    may need). The same seed gives the same ids whatever the switch and the block sizes."""
+    slow = NumpyGenerator(weights)
+    gen: CpuEngine = FastGenerator(weights) if engine == "numba" else slow
+    state, logits = slow.start(stream.prime_ids, stream.num_samples)
+    block, left = 1, stream.length
+    while True:
+        if engine == "auto" and gen is slow and ready():
+            gen = _compiled(weights, slow)
+        n = min(block, left) if left > 0 else block
+        u = stream.uniforms.take(n)
+        try:
+            ids, state, logits = gen.run(state, logits, u, stream.settings)
+        except Exception as exc:
+            if gen is slow or engine == "numba":
+                raise
+            failed(one_line(exc))
+            gen = slow
+            ids, state, logits = gen.run(state, logits, u, stream.settings)
+        yield ids
+        if engine == "auto" and block == 1:
+            # After the first block, so that loading numba (half a second or more, holding
+            # the interpreter's lock much of it) does not delay the first character.
+            prepare()
+        left -= n
+        block = min(block * 4, Uniforms.BLOCK)
+
+
+def _compiled(weights: GenWeights, slow: NumpyGenerator) -> CpuEngine:
+    """The compiled engine for ``weights``, or ``slow`` (saying why, once) if it cannot be
+    built."""
+    try:
+        return FastGenerator(weights)
+    except Exception as exc:
+        failed(one_line(exc))
+        return slow

@@ -1,15 +1,19 @@
-"""Picking the next character: the settings (temperature, top-k, top-p, greedy), the
-distribution they give, and the inverse-CDF draw from explicit uniforms that every engine - the
-torch reference and the compiled loop of ``fastgen.py`` - shares, so that the same seed gives the
-same text whatever the engine.
+"""What every engine picks the next character with: the settings (temperature, top-k, top-p,
+greedy) and the seeded uniforms the inverse-CDF draws consume, in the same order whatever the
+engine - the torch reference (``sample.py``), the numpy engine (``npgen.py``) and the compiled
+loop (``fastgen.py``) - so that the same seed gives the same text everywhere.
+
+Free of torch: the numbers come from numpy's PCG64 generator, so a process that samples on the
+CPU never has to import torch.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from .errors import CharloomError
 
@@ -38,61 +42,37 @@ class SampleSettings:
             raise CharloomError(f"top-p must be in (0, 1], not {p!r}")
 
 
-def next_token_distribution(logits: torch.Tensor, settings: SampleSettings) -> torch.Tensor:
-    """``logits (B, V)`` -> probabilities ``(B, V)`` after temperature, top-k and top-p."""
-    # Shift by the maximum before dividing, so that a tiny temperature gives large negative
-    # numbers (a near-greedy choice) rather than infinities and NaN.
-    logits = logits.float()
-    logits = (logits - logits.max(dim=-1, keepdim=True).values) / settings.temperature
-    if settings.top_k is not None and settings.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if settings.top_p is not None and settings.top_p < 1:
-        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-        # Keep a character if the mass *before* it is below p: the smallest set reaching p.
-        before = torch.cumsum(sorted_p, dim=-1) - sorted_p
-        keep_sorted = before < settings.top_p
-        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-        probs = torch.where(keep, probs, torch.zeros_like(probs))
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
-
-
-def pick(logits: torch.Tensor, settings: SampleSettings, u: torch.Tensor) -> torch.Tensor:
-    """``logits (B, V)``, uniforms ``u (B,)`` in [0, 1) -> next ids ``(B,)``.
-
-    Inverse-CDF sampling: the first character whose cumulative probability reaches ``u``. Drawing
-    from explicit uniforms (rather than ``torch.multinomial``) lets the compiled generator in
-    ``fastgen.py`` reproduce exactly the same text from the same seed."""
-    if settings.greedy:
-        return logits.argmax(dim=-1)
-    probs = next_token_distribution(logits, settings)
-    cdf = torch.cumsum(probs, dim=-1)
-    target = u.to(cdf.device, cdf.dtype).unsqueeze(1) * cdf[:, -1:]
-    return (cdf < target).sum(dim=-1).clamp_(max=probs.shape[-1] - 1)
+def seeded_rng(seed: int | None) -> np.random.Generator:
+    """The random-number generator a stream draws its uniforms from; ``None``: a fresh random
+    seed. The uniforms are drawn on the CPU whatever the model's device, so a seed gives the
+    same text on every device and engine."""
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**63)
+    return np.random.Generator(np.random.PCG64(seed))
 
 
 class Uniforms:
-    """The random numbers a generation consumes: ``(B,)`` per step, drawn from ``generator`` in
+    """The random numbers a generation consumes: ``(B,)`` per step, drawn from ``rng`` in
     blocks of ``BLOCK`` steps, so every engine sees the same sequence for the same seed."""
 
     BLOCK = 64
 
-    def __init__(self, batch: int, generator: torch.Generator) -> None:
-        self.batch, self.generator = batch, generator
-        self._block = torch.empty(0, batch)
+    def __init__(self, batch: int, rng: np.random.Generator) -> None:
+        self.batch, self.rng = batch, rng
+        self._block = np.empty((0, batch), np.float32)
         self._next = 0
 
-    def take(self, steps: int) -> torch.Tensor:
-        """``(steps, B)`` uniforms in [0, 1)."""
+    def take(self, steps: int) -> np.ndarray:
+        """``(steps, B)`` float32 uniforms in [0, 1)."""
         parts = []
         while steps > 0:
             if self._next >= len(self._block):
-                self._block = torch.rand(self.BLOCK, self.batch, generator=self.generator)
+                self._block = self.rng.random((self.BLOCK, self.batch), dtype=np.float32)
                 self._next = 0
             n = min(steps, len(self._block) - self._next)
             parts.append(self._block[self._next : self._next + n])
             self._next += n
             steps -= n
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        if not parts:
+            return np.empty((0, self.batch), np.float32)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]

@@ -1,133 +1,75 @@
-"""Next-character sampling: temperature, top-k, top-p, greedy; streamed as it is generated.
+"""Next-character sampling with torch models: the torch reference engine, the choice of engine,
+and one stream driven to its end for the command line and the Python API.
 
-Three pieces, each written once and shared by ``charloom sample``, ``CharModel`` and the server:
+The pieces, each written once and shared by ``charloom sample``, ``CharModel`` and the server:
 
-- :class:`SampleStream` - one request: its prime, settings, length, samples and seeded random
-  numbers; it runs the prime once and turns the drawn ids into exactly ``length`` new characters
-  per sample. It never calls the model past the prime, so any engine can feed it.
-- an engine - :class:`TorchGenerator` (the reference: ``pick`` then the cell path's step) or
-  ``fastgen.FastGenerator`` (the same arithmetic, compiled) - draws ids for a block of steps:
-  ``run(state, logits, uniforms, settings) -> ids, state, logits``. With ``engine="auto"`` a
-  stream starts on the torch engine while the compiled one is compiled in the background, and
-  switches to it between two blocks (:func:`generate_blocks`).
+- ``samplestream.SampleStream`` - one request: its prime, settings, length, samples and seeded
+  random numbers; it turns the drawn ids into exactly ``length`` new characters per sample.
+- an engine draws ids for a block of steps: ``run(state, logits, uniforms, settings) -> ids,
+  state, logits``. :class:`TorchGenerator` (the reference: :func:`pick` then torch's cell
+  functions; any device); on the CPU, ``npgen.NumpyGenerator`` (the same arithmetic in numpy:
+  no compiler, no start-up) and ``fastgen.FastGenerator`` (compiled with numba), which work on
+  numpy arrays; :class:`CompiledGenerator` puts the compiled one behind tensors for the server.
+  With ``engine="auto"`` on the CPU a stream starts on the numpy engine while the compiled one is
+  loaded or compiled in the background, and switches to it between two blocks.
 - :func:`generate_blocks` / :func:`stream_samples` / :func:`sample` - one stream driven by one
-  engine, for the command line and the Python API (the server drives many streams itself).
+  engine (the server drives many streams itself).
 
 The same seed gives the same text whatever the engine, block sizes or batch neighbours, because
-every draw consumes the stream's uniforms in the same order (see :class:`Uniforms`).
+every draw consumes the stream's uniforms in the same order (see ``nextchar.Uniforms``).
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import fastgen
 from .errors import CharloomError
 from .model import CharRNN, State
-from .nextchar import SampleSettings, Uniforms, pick
+from .nextchar import SampleSettings, Uniforms
+from .npgen import GenWeights
+from .samplestream import SampleStream, text_pieces, whole_texts
 from .vocab import Vocab
 
 
-def check_length(length: int) -> None:
-    """Refuse a ``length`` (new characters per sample) that is not an integer >= 0."""
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise CharloomError(f"length must be an integer >= 0, not {length!r}")
+def next_token_distribution(logits: torch.Tensor, settings: SampleSettings) -> torch.Tensor:
+    """``logits (B, V)`` -> probabilities ``(B, V)`` after temperature, top-k and top-p."""
+    # Shift by the maximum before dividing, so that a tiny temperature gives large negative
+    # numbers (a near-greedy choice) rather than infinities and NaN.
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / settings.temperature
+    if settings.top_k is not None and settings.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, settings.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if settings.top_p is not None and settings.top_p < 1:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        # Keep a character if the mass *before* it is below p: the smallest set reaching p.
+        before = torch.cumsum(sorted_p, dim=-1) - sorted_p
+        keep_sorted = before < settings.top_p
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        probs = torch.where(keep, probs, torch.zeros_like(probs))
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
 
 
-def seeded_generator(seed: int | None) -> torch.Generator:
-    """The random-number generator a stream draws its uniforms from; ``None``: a fresh random
-    seed. Always a CPU generator: the uniforms are drawn on the CPU whatever the model's device,
-    so a seed gives the same text on every device and engine."""
-    g = torch.Generator()
-    g.manual_seed(seed if seed is not None else random.SystemRandom().randrange(2**63))
-    return g
+def pick(logits: torch.Tensor, settings: SampleSettings, u: torch.Tensor) -> torch.Tensor:
+    """``logits (B, V)``, uniforms ``u (B,)`` in [0, 1) -> next ids ``(B,)``.
 
-
-def encode_prime(vocab: Vocab, prime: str) -> list[int]:
-    """The ids of ``prime``, refusing an empty prime or one with characters ``vocab`` lacks."""
-    if not isinstance(prime, str) or not prime:
-        raise CharloomError("the prime must hold at least one character")
-    return [int(i) for i in vocab.encode(prime, what="prime")]
-
-
-class SampleStream:
-    """One generation request: ``num_samples`` samples of exactly ``length`` new characters
-    after ``prime`` (text, or ids already encoded with ``vocab``), drawn with ``settings`` and
-    the stream's own seeded random numbers.
-
-    It holds everything about the request except the model's running state, which belongs to
-    whoever steps it (one stream alone in :func:`generate_blocks`, many streams in one batch in
-    the server), so any engine can feed it. Use: ``state, logits = stream.start(model)``; then
-    for each block of ids an engine drew with ``stream.uniforms``, ``stream.take(ids)`` gives
-    each sample's new text, until ``stream.done``."""
-
-    def __init__(
-        self,
-        vocab: Vocab,
-        prime: str | Sequence[int],
-        length: int,
-        settings: SampleSettings | None = None,
-        num_samples: int = 1,
-        seed: int | None = None,
-    ) -> None:
-        settings = settings or SampleSettings()
-        settings.validate()
-        check_length(length)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise CharloomError(f"num-samples must be an integer >= 1, not {num_samples!r}")
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
-        ):
-            raise CharloomError(f"seed must be an integer in 0..2^63-1, not {seed!r}")
-        if isinstance(prime, str):
-            prime = encode_prime(vocab, prime)
-        if len(prime) == 0:
-            raise CharloomError("the prime must hold at least one character")
-        self.prime_ids = [int(i) for i in prime]
-        self.length = length
-        self.settings = settings
-        self.num_samples = num_samples
-        self.seed = seed
-        #: The stream's random numbers, ``(steps, num_samples)`` per ``take``; engines draw with
-        #: them in order, which is what makes a seed give the same text everywhere.
-        self.uniforms = Uniforms(num_samples, seeded_generator(seed))
-        self.decoders = [vocab.decoder() for _ in range(num_samples)]
-        self.counts = [0] * num_samples  # new characters made so far, per sample
-
-    @property
-    def done(self) -> bool:
-        """Whether every sample has its ``length`` characters (at once for ``length`` 0)."""
-        return min(self.counts) >= self.length
-
-    @torch.no_grad()
-    def start(self, model: CharRNN) -> tuple[State, torch.Tensor]:
-        """Run the prime through ``model`` once (one row) and give every sample a copy: returns
-        the state (tuple of ``(L, num_samples, H)``) and the float ``logits (num_samples, V)``
-        of the first draw. One row, not ``num_samples``, so the numbers - and the text - do not
-        depend on how many samples are asked for."""
-        device = model.head.weight.device
-        x = torch.tensor(self.prime_ids, device=device, dtype=torch.long).unsqueeze(0)
-        logits, state = model(x)
-        n = self.num_samples
-        state = tuple(s.expand(-1, n, -1).contiguous() for s in state)
-        return state, logits[:, -1].float().expand(n, -1).contiguous()
-
-    def take(self, ids: torch.Tensor) -> list[str]:
-        """The new text of each sample from a block of drawn ``ids (steps, num_samples)``:
-        exactly what completes, cut at ``length`` characters (possibly empty while a
-        multi-byte character completes in bytes mode, and always empty once a sample is done)."""
-        out = []
-        for i, tokens in enumerate(ids.T.tolist()):
-            left = self.length - self.counts[i]
-            piece = self.decoders[i].feed(tokens)[:left] if left > 0 else ""
-            self.counts[i] += len(piece)
-            out.append(piece)
-        return out
+    Inverse-CDF sampling: the first character whose cumulative probability reaches ``u``. Drawing
+    from explicit uniforms (rather than ``torch.multinomial``) lets the compiled generator in
+    ``fastgen.py`` reproduce exactly the same text from the same seed."""
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    probs = next_token_distribution(logits, settings)
+    cdf = torch.cumsum(probs, dim=-1)
+    target = u.to(cdf.device, cdf.dtype).unsqueeze(1) * cdf[:, -1:]
+    return (cdf < target).sum(dim=-1).clamp_(max=probs.shape[-1] - 1)
 
 
 # torch's own one-step recurrences, what nn.LSTMCell/GRUCell/RNNCell call: the cell path's
@@ -138,6 +80,17 @@ _CELL_STEPS: dict[str, Callable[..., Any]] = {
     "rnn": torch.rnn_tanh_cell,
 }
 _WEIGHT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def start_state(model: CharRNN, prime_ids: list[int], rows: int) -> tuple[State, torch.Tensor]:
+    """Run ``prime_ids`` through ``model`` (fused path, one row) and give each of ``rows``
+    samples a copy: the state (tuple of ``(L, rows, H)``) and the float ``logits (rows, V)`` of
+    the first draw. One row, so the numbers do not depend on how many samples are asked for."""
+    with torch.no_grad():
+        x = torch.tensor(prime_ids, device=model.head.weight.device).unsqueeze(0)
+        logits, state = model(x)
+        state = tuple(s.expand(-1, rows, -1).contiguous() for s in state)
+        return state, logits[:, -1].float().expand(rows, -1).contiguous()
 
 
 class TorchGenerator:
@@ -159,11 +112,15 @@ class TorchGenerator:
             for layer in range(model.config.layers)
         ]
 
+    def start(self, prime_ids: list[int], rows: int) -> tuple[State, torch.Tensor]:
+        """See :func:`start_state`."""
+        return start_state(self.model, prime_ids, rows)
+
     def run(
         self,
         state: State,
         logits: torch.Tensor,
-        uniforms: torch.Tensor,
+        uniforms: torch.Tensor | np.ndarray,
         settings: SampleSettings,
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Draw ``uniforms.shape[0]`` characters for each of B streams from ``logits (B, V)``
@@ -172,7 +129,7 @@ class TorchGenerator:
         m, cell, lstm = self.model, self._cell, self.model.is_lstm
         emb, head_w, head_b = m.embedding.weight, m.head.weight, m.head.bias
         with torch.no_grad():
-            uniforms = uniforms.to(logits.device)  # one copy per block, not one per step
+            uniforms = torch.as_tensor(uniforms).to(logits.device)  # one copy per block
             hs = list(state[0].unbind(0))
             cs = list(state[1].unbind(0)) if lstm else hs
             drawn = []
@@ -192,9 +149,43 @@ class TorchGenerator:
         return ids, new, logits
 
 
-#: Either engine: both have ``run(state, logits, uniforms, settings) -> ids, state, logits``.
-Engine = TorchGenerator | fastgen.FastGenerator
-ENGINES = ("auto", "torch", "numba")
+def gen_weights(model: CharRNN) -> GenWeights:
+    """``model``'s weights laid out for the CPU engines (numpy and compiled)."""
+    with torch.no_grad():
+        arrays = {
+            k: v.detach().to("cpu", torch.float32).numpy() for k, v in model.state_dict().items()
+        }
+    return GenWeights.from_arrays(model.config, arrays)
+
+
+class CompiledGenerator:
+    """The compiled engine (``fastgen.FastGenerator``) behind the tensor interface of
+    :class:`TorchGenerator`, for a driver that keeps its streams' state in tensors (the
+    server). Copies in and out cost little next to a block of steps."""
+
+    def __init__(self, model: CharRNN) -> None:
+        self._fast = fastgen.FastGenerator(gen_weights(model))
+
+    def run(
+        self,
+        state: State,
+        logits: torch.Tensor,
+        uniforms: torch.Tensor | np.ndarray,
+        settings: SampleSettings,
+    ) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """As :meth:`TorchGenerator.run`, on the CPU."""
+        ids, new, lg = self._fast.run(
+            tuple(s.detach().to("cpu", torch.float32).numpy() for s in state),
+            logits.detach().to("cpu", torch.float32).numpy(),
+            np.asarray(uniforms, dtype=np.float32),
+            settings,
+        )
+        return torch.from_numpy(ids), tuple(torch.from_numpy(s) for s in new), torch.from_numpy(lg)
+
+
+#: The engines a tensor-driven caller (the server) can hold.
+Engine = TorchGenerator | CompiledGenerator
+ENGINES = ("auto", "torch", "numpy", "numba")
 
 
 def check_engine(engine: str) -> None:
@@ -204,128 +195,93 @@ def check_engine(engine: str) -> None:
 
 
 def engine_in_use(device: str | torch.device = "cpu") -> str:
-    """What ``engine="auto"`` runs on ``device`` now: ``numba``, ``torch (compiling)`` (the
-    compiled engine is being compiled or loaded; a stream switches to it when it is ready),
-    ``torch (numba not installed)``, ``torch (numba failed: ...)`` or ``torch (not on the
-    CPU)``. For reports such as ``charloom bench``; it starts nothing."""
+    """What ``engine="auto"`` runs a stream's bulk on, on ``device``, now: ``numba``,
+    ``numpy (compiling)`` (the compiled engine is being compiled or loaded; a stream switches to
+    it when it is ready), ``numpy (numba not installed)``, ``numpy (numba failed: ...)`` or
+    ``torch (not on the CPU)``. For reports such as ``charloom bench``; it starts nothing."""
     if torch.device(device).type != "cpu":
         return "torch (not on the CPU)"
     status = fastgen.status()
     if status == "ready":
         return "numba"
     if status in ("compiling", "idle"):
-        return "torch (compiling)"
-    return f"torch (numba {status})"
+        return "numpy (compiling)"
+    return f"numpy (numba {status})"
 
 
 def _choose(model: CharRNN, engine: str) -> str:
-    """``numba``, ``torch``, or ``pending`` (torch until the compiled engine is ready) for
-    ``engine`` on ``model``'s device; ``numba`` waits for the compiler, since it was asked for."""
+    """What ``engine`` runs on ``model``'s device: ``torch``, ``numpy``, ``numba`` (waits for
+    the compiler, since it was asked for) or ``auto`` (the CPU engines' own choice, see
+    ``fastgen.cpu_blocks``)."""
     check_engine(engine)
     if engine == "torch":
         return "torch"
     on_cpu = model.head.weight.device.type == "cpu"
+    if engine in ("numba", "numpy") and not on_cpu:
+        raise CharloomError(f"the {engine} engine runs on the CPU only")
     if engine == "numba":
-        if not on_cpu:
-            raise CharloomError("the numba engine runs on the CPU only")
-        if fastgen.status() == "not installed":
-            raise CharloomError(f"the numba engine needs numba: {fastgen.INSTALL_HINT}")
-        if not fastgen.prepare(wait=True):
-            raise CharloomError(f"the numba engine cannot run here ({fastgen.status()})")
-        return "numba"
+        fastgen.require()
     if not on_cpu:
         return "torch"
-    if fastgen.ready():
-        return "numba"
-    if not fastgen.available():
+    if engine == "auto" and not fastgen.available():
         fastgen.prepare()  # says once that numba is missing
-        return "torch"
-    return "pending"  # generate_blocks starts the compiler once the first block is out
+        return "numpy"
+    return engine
 
 
 def engine_name(model: CharRNN, engine: str = "auto") -> str:
-    """What ``engine`` runs for ``model`` now - ``numba`` or ``torch`` - by the rule
-    :func:`generate_blocks` follows, so that other drivers (the server) choose as it does.
-    ``auto`` while the compiled engine is still being compiled: ``torch`` now, and the compile
-    is started (a long-lived driver asks again later)."""
+    """For a driver that keeps tensors (the server): ``numba`` or ``torch``, by the rule of
+    ``auto``. While the compiled engine is still being compiled, ``torch`` now, and the
+    compile is started (a long-lived driver asks again later)."""
     choice = _choose(model, engine)
-    if choice == "pending":
-        fastgen.prepare()
-        return "torch"
+    if choice == "numpy":
+        raise CharloomError("the numpy engine drives single streams only; choose auto or torch")
+    if choice == "auto":
+        return "numba" if fastgen.prepare() else "torch"
     return choice
 
 
 def make_generator(model: CharRNN, engine: str = "auto") -> Engine:
-    """The engine object ``engine`` names for ``model`` now (see :func:`engine_name`)."""
+    """The tensor-driven engine ``engine`` names for ``model`` now (see :func:`engine_name`)."""
     if engine_name(model, engine) == "numba":
-        return fastgen.FastGenerator(model)
+        return CompiledGenerator(model)
     return TorchGenerator(model)
 
 
-@torch.no_grad()
 def generate_blocks(
     model: CharRNN, stream: SampleStream, engine: str = "auto"
-) -> Iterator[torch.Tensor]:
-    """Endless stream of the ids drawn for ``stream``, in blocks ``(n, num_samples)`` of 1, 4,
-    16, then 64 steps (so the first characters show at once).
+) -> Iterator[np.ndarray]:
+    """Endless stream of the ids drawn for ``stream``, in int64 blocks ``(n, num_samples)`` of
+    1, 4, 16, then 64 steps (so the first characters show at once).
 
-    ``engine``: ``torch`` (the reference, :class:`TorchGenerator`), ``numba`` (the compiled loop
-    of ``fastgen.py``, CPU only; waits for it to compile) or ``auto``: numba on the CPU where it
-    can run, else torch. While the compiled engine is still being compiled or loaded, ``auto``
-    starts on torch and switches to numba between two blocks once it is ready; if numba fails at
-    run time, ``auto`` says so once and redoes the block on torch. Blocks stop at exactly
-    ``stream.length`` steps (and go on past it if asked, as bytes mode may need). The same seed
-    gives the same ids whatever the engine, the switch and the block sizes."""
+    ``engine``: ``torch`` (the reference, :class:`TorchGenerator`, any device), ``numpy`` or
+    ``numba`` (CPU only; ``numba`` waits for the compiler) or ``auto``: on the CPU, numpy at
+    first and numba once it is ready (``fastgen.cpu_blocks``); elsewhere torch. The engine is
+    checked at once (not at the first block). Blocks stop at exactly ``stream.length`` steps
+    (and go on past it if asked, as bytes mode may need). The same seed gives the same ids
+    whatever the engine, the switch and the block sizes."""
     plan = _choose(model, engine)
+    if plan != "torch":
+        return fastgen.cpu_blocks(gen_weights(model), stream, plan)
+    return _torch_blocks(model, stream)
+
+
+@torch.no_grad()
+def _torch_blocks(model: CharRNN, stream: SampleStream) -> Iterator[np.ndarray]:
     was_training = model.training
     model.eval()
     try:
-        gen: Engine = TorchGenerator(model)
-        state, logits = stream.start(model)
+        gen = TorchGenerator(model)
+        state, logits = gen.start(stream.prime_ids, stream.num_samples)
         block, left = 1, stream.length
         while True:
-            if plan in ("numba", "pending") and (plan == "numba" or fastgen.ready()):
-                gen = _compiled(model, engine, gen)
-                plan = "numba" if isinstance(gen, fastgen.FastGenerator) else "torch"
             n = min(block, left) if left > 0 else block
-            u = stream.uniforms.take(n)
-            try:
-                ids, state, logits = gen.run(state, logits, u, stream.settings)
-            except Exception as exc:
-                if not isinstance(gen, fastgen.FastGenerator):
-                    raise
-                gen, plan = _compiled_failed(model, engine, exc), "torch"
-                ids, state, logits = gen.run(state, logits, u, stream.settings)
-            yield ids
-            if plan == "pending" and block == 1:
-                # After the first block, so importing numba (a second, holding the
-                # interpreter's lock much of it) does not delay the first character.
-                fastgen.prepare()
+            ids, state, logits = gen.run(state, logits, stream.uniforms.take(n), stream.settings)
+            yield ids.cpu().numpy()
             left -= n
             block = min(block * 4, Uniforms.BLOCK)
     finally:
         model.train(was_training)
-
-
-def _compiled(model: CharRNN, engine: str, gen: Engine) -> Engine:
-    """The compiled engine for ``model`` (``gen`` if it is one already); where it cannot be
-    built, the torch engine (``auto``) or a one-line error (``numba``)."""
-    if isinstance(gen, fastgen.FastGenerator):
-        return gen
-    try:
-        return fastgen.FastGenerator(model)
-    except Exception as exc:
-        return _compiled_failed(model, engine, exc)
-
-
-def _compiled_failed(model: CharRNN, engine: str, exc: Exception) -> TorchGenerator:
-    """After the compiled engine raised: a one-line error if it was asked for by name, else
-    the torch engine (and one line on stderr, once per process)."""
-    reason = fastgen.one_line(exc)
-    if engine == "numba":
-        raise CharloomError(f"the numba engine failed: {reason}") from exc
-    fastgen.failed(reason)
-    return TorchGenerator(model)
 
 
 def stream_samples(
@@ -345,12 +301,7 @@ def stream_samples(
     if not isinstance(prime, str):
         raise CharloomError("the prime must hold at least one character")
     stream = SampleStream(vocab, prime, length, settings, num_samples, seed)
-    if stream.done:
-        return
-    for block in generate_blocks(model, stream, engine):
-        yield stream.take(block)
-        if stream.done:
-            return
+    yield from text_pieces(stream, generate_blocks(model, stream, engine))
 
 
 def sample(
@@ -364,8 +315,5 @@ def sample(
     engine: str = "auto",
 ) -> list[str]:
     """``num_samples`` texts, each the prime followed by exactly ``length`` new characters."""
-    texts = [[prime] for _ in range(num_samples)]
-    for pieces in stream_samples(model, vocab, prime, length, settings, num_samples, seed, engine):
-        for t, p in zip(texts, pieces):
-            t.append(p)
-    return ["".join(t) for t in texts]
+    pieces = stream_samples(model, vocab, prime, length, settings, num_samples, seed, engine)
+    return whole_texts(prime, pieces, num_samples)

@@ -12,7 +12,7 @@ from .options import add_json
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` to ``subparsers``."""
-    from ..bench import DATA_ENV
+    from ..config import BENCH_DATA_ENV
 
     b = subparsers.add_parser(
         "bench", help="measure training, generation and eval speed, and quality"
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data",
         metavar="TEXT",
         help=f"text for the quality runs, such as tiny shakespeare (default: the file named by "
-        f"${DATA_ENV}, else the built-in python-docs corpus)",
+        f"${BENCH_DATA_ENV}, else the built-in python-docs corpus)",
     )
     b.set_defaults(handler=run)
 

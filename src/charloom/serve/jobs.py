@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model import CharRNN
-from ..nextchar import SampleSettings, Uniforms, next_token_distribution
-from ..sample import SampleStream
+from ..nextchar import SampleSettings, Uniforms
+from ..sample import next_token_distribution, start_state
+from ..samplestream import SampleStream
 from ..vocab import Vocab
 
 
@@ -81,11 +82,13 @@ class GenerateJob:
         assert uniforms is not None  # only seeded jobs draw their own
         spare, self.spare = self.spare, None
         if spare is None:
-            return uniforms.take(steps)
+            return torch.from_numpy(uniforms.take(steps))
         if len(spare) > steps:
             spare, self.spare = spare[:steps], spare[steps:]
         return (
-            spare if len(spare) == steps else torch.cat([spare, uniforms.take(steps - len(spare))])
+            spare
+            if len(spare) == steps
+            else torch.cat([spare, torch.from_numpy(uniforms.take(steps - len(spare)))])
         )
 
     def give_back(self, unused: torch.Tensor) -> None:
@@ -102,7 +105,7 @@ class GenerateJob:
         if self.stream.done:  # length 0
             self.finished = True
             return
-        self.state, self.logits = self.stream.start(model)
+        self.state, self.logits = start_state(model, self.stream.prime_ids, self.stream.num_samples)
 
     def group_key(self) -> tuple:
         """Jobs with the same key are stepped in one engine call, whose settings are per call.

@@ -25,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+import numpy as np
 import torch
 
 from .. import fastgen
 from ..model import CharRNN
-from ..nextchar import SampleSettings
-from ..sample import Engine, TorchGenerator, engine_name, make_generator, seeded_generator
+from ..nextchar import SampleSettings, seeded_rng
+from ..sample import CompiledGenerator, Engine, TorchGenerator, engine_name, make_generator
 from .jobs import GenerateJob
 
 #: The most steps in one chunk, whatever the rate: bounds the text held back from a stream.
@@ -53,7 +54,7 @@ class Stepper:
         self.generator: Engine = make_generator(model, engine)
         self.chunk_s = chunk_s
         # Unseeded requests share one generator: their columns come from one draw per chunk.
-        self._shared = seeded_generator(None)
+        self._shared = seeded_rng(None)
         # Measured seconds per step of one column (a running average), by the batch's number of
         # columns rounded to a power of two (a call's fixed cost weighs more on few columns);
         # none yet for a size: its first chunk takes MIN_BLOCK steps and measures.
@@ -110,7 +111,7 @@ class Stepper:
         ``charloom sample`` does. Both draw the same uniforms, so no text changes."""
         waiting = self.engine == "torch" and self.asked == "auto" and fastgen.ready()
         if waiting and engine_name(self.model, "auto") == "numba":
-            self.engine, self.generator = "numba", fastgen.FastGenerator(self.model)
+            self.engine, self.generator = "numba", CompiledGenerator(self.model)
             self.forget_rate()
 
     def _run(self, group: _Group, start: int, steps: int) -> None:
@@ -144,7 +145,7 @@ class _Group:
     uniforms: torch.Tensor | None = None
     ids: list[torch.Tensor] = field(default_factory=list)
 
-    def gather(self, steps: int, shared: torch.Generator) -> None:
+    def gather(self, steps: int, shared: np.random.Generator) -> None:
         """Put the members side by side, with the uniforms for up to ``steps`` steps: each
         seeded job's from its own stream, the unseeded jobs' from ``shared``."""
         members = self.members
@@ -156,7 +157,11 @@ class _Group:
             )
             self.logits = torch.cat([cast(torch.Tensor, j.logits) for j in members])
         unseeded = sum(job.rows for job in members if job.uniforms is None)
-        common = torch.rand(steps, unseeded, generator=shared) if unseeded else None
+        common = (
+            torch.from_numpy(shared.random((steps, unseeded), dtype=np.float32))
+            if unseeded
+            else None
+        )
         parts, column = [], 0
         for job in members:
             if job.uniforms is not None:

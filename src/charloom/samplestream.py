@@ -1,0 +1,112 @@
+"""SampleStream: one generation request - its prime, settings, length, samples and seeded
+random numbers - and the text its drawn ids make. Free of torch, so any engine can feed it: the
+torch reference, the numpy engine or the compiled loop (see ``sample.py``, ``npgen.py``,
+``fastgen.py``), and the server steps many of them at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from .errors import CharloomError
+from .nextchar import SampleSettings, Uniforms, seeded_rng
+from .vocab import Vocab
+
+
+def check_length(length: int) -> None:
+    """Refuse a ``length`` (new characters per sample) that is not an integer >= 0."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise CharloomError(f"length must be an integer >= 0, not {length!r}")
+
+
+def encode_prime(vocab: Vocab, prime: str) -> list[int]:
+    """The ids of ``prime``, refusing an empty prime or one with characters ``vocab`` lacks."""
+    if not isinstance(prime, str) or not prime:
+        raise CharloomError("the prime must hold at least one character")
+    return [int(i) for i in vocab.encode(prime, what="prime")]
+
+
+class SampleStream:
+    """One generation request: ``num_samples`` samples of exactly ``length`` new characters
+    after ``prime`` (text, or ids already encoded with ``vocab``), drawn with ``settings`` and
+    the stream's own seeded random numbers.
+
+    It holds everything about the request except the model's running state, which belongs to
+    whoever steps it (one stream alone in :func:`generate_blocks`, many streams in one batch in
+    the server), so any engine can feed it: for each block of ids an engine drew with
+    ``stream.uniforms``, ``stream.take(ids)`` gives
+    each sample's new text, until ``stream.done``. An engine's ``start(stream.prime_ids,
+    stream.num_samples)`` runs the prime and gives the state and logits to draw from."""
+
+    def __init__(
+        self,
+        vocab: Vocab,
+        prime: str | Sequence[int],
+        length: int,
+        settings: SampleSettings | None = None,
+        num_samples: int = 1,
+        seed: int | None = None,
+    ) -> None:
+        settings = settings or SampleSettings()
+        settings.validate()
+        check_length(length)
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise CharloomError(f"num-samples must be an integer >= 1, not {num_samples!r}")
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63
+        ):
+            raise CharloomError(f"seed must be an integer in 0..2^63-1, not {seed!r}")
+        if isinstance(prime, str):
+            prime = encode_prime(vocab, prime)
+        if len(prime) == 0:
+            raise CharloomError("the prime must hold at least one character")
+        self.prime_ids = [int(i) for i in prime]
+        self.length = length
+        self.settings = settings
+        self.num_samples = num_samples
+        self.seed = seed
+        #: The stream's random numbers, ``(steps, num_samples)`` per ``take``; engines draw with
+        #: them in order, which is what makes a seed give the same text everywhere.
+        self.uniforms = Uniforms(num_samples, seeded_rng(seed))
+        self.decoders = [vocab.decoder() for _ in range(num_samples)]
+        self.counts = [0] * num_samples  # new characters made so far, per sample
+
+    @property
+    def done(self) -> bool:
+        """Whether every sample has its ``length`` characters (at once for ``length`` 0)."""
+        return min(self.counts) >= self.length
+
+    def take(self, ids: Any) -> list[str]:
+        """The new text of each sample from a block of drawn ``ids (steps, num_samples)``:
+        exactly what completes, cut at ``length`` characters (possibly empty while a
+        multi-byte character completes in bytes mode, and always empty once a sample is done).
+        ``ids``: a numpy array or a tensor (on the CPU)."""
+        out = []
+        for i, tokens in enumerate(ids.T.tolist()):
+            left = self.length - self.counts[i]
+            piece = self.decoders[i].feed(tokens)[:left] if left > 0 else ""
+            self.counts[i] += len(piece)
+            out.append(piece)
+        return out
+
+
+def text_pieces(stream: SampleStream, blocks: Iterable[Any]) -> Iterator[list[str]]:
+    """Each sample's new text for each block of ids an engine draws for ``stream`` (one string
+    per sample, possibly empty while a multi-byte character completes in bytes mode), until
+    every sample has its ``length`` characters."""
+    if stream.done:
+        return
+    for block in blocks:
+        yield stream.take(block)
+        if stream.done:
+            return
+
+
+def whole_texts(prime: str, pieces: Iterable[list[str]], rows: int) -> list[str]:
+    """``rows`` texts: ``prime`` followed by every piece of :func:`text_pieces`."""
+    texts = [[prime] for _ in range(rows)]
+    for block in pieces:
+        for text, piece in zip(texts, block):
+            text.append(piece)
+    return ["".join(t) for t in texts]
