@@ -426,11 +426,15 @@ def test_a_model_failure_is_a_500_and_the_server_keeps_serving(model):
         def forward(self, ids, state=None):
             raise RuntimeError("simulated failure")
 
+    def broken_start(prime_ids, rows):
+        raise RuntimeError("simulated failure")
+
     async def scenario(client):
-        scheduler.model = Broken()
+        scheduler.model, working_start = Broken(), scheduler.stepper.start
+        scheduler.stepper.start = broken_start  # generation primes through the stepper
         failed = await client.post("/v1/generate", json={"length": 5})
         failed_next = await client.post("/v1/next", json={"text": "Th"})
-        scheduler.model = model.model
+        scheduler.model, scheduler.stepper.start = model.model, working_start
         ok = await client.post("/v1/generate", json={"length": 5})
         return failed, failed_next, ok
 

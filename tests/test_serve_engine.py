@@ -168,7 +168,7 @@ def test_a_chunk_cut_short_gives_its_unused_random_numbers_back(model):
     seeded = GenerateJob(ids, settings, 400, num_samples=2, seed=9)
     unseeded = GenerateJob(ids, settings, 400, num_samples=3)
     for job in (seeded, unseeded):
-        job.prime(model.model, model.vocab)
+        job.prime(stepper.start, model.vocab)
     cuts = iter([True, False] * 1000)  # every other block ends its chunk early
     texts, chunks = ["Th", "Th"], 0
     while not seeded.finished:

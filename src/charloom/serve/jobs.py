@@ -12,15 +12,19 @@ Shapes: a job of ``n`` samples keeps its ``state`` (tuple of ``(L, n, H)``) and 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from ..model import CharRNN
 from ..nextchar import SampleSettings, Uniforms
-from ..sample import next_token_distribution, start_state
+from ..sample import next_token_distribution
 from ..samplestream import SampleStream
 from ..vocab import Vocab
+
+#: What runs a prime: ``(prime_ids, rows) -> (state, logits)`` (``stepping.Stepper.start``).
+Starter = Callable[[list[int], int], tuple[tuple[torch.Tensor, ...], torch.Tensor]]
 
 
 @dataclass(eq=False)
@@ -96,8 +100,9 @@ class GenerateJob:
         if len(unused):
             self.spare = unused if self.spare is None else torch.cat([unused, self.spare])
 
-    def prime(self, model: CharRNN, vocab: Vocab) -> None:
-        """Run the prime once (one row) and give every sample a copy of the resulting state."""
+    def prime(self, start: Starter, vocab: Vocab) -> None:
+        """Run the prime once (one row) with ``start(prime_ids, rows)`` (``Stepper.start``) and
+        give every sample a copy of the resulting state."""
         self.stream = SampleStream(
             vocab, self.prime_ids, self.length, self.settings, self.num_samples, self.seed
         )
@@ -105,7 +110,7 @@ class GenerateJob:
         if self.stream.done:  # length 0
             self.finished = True
             return
-        self.state, self.logits = start_state(model, self.stream.prime_ids, self.stream.num_samples)
+        self.state, self.logits = start(self.stream.prime_ids, self.stream.num_samples)
 
     def group_key(self) -> tuple:
         """Jobs with the same key are stepped in one engine call, whose settings are per call.

@@ -39,6 +39,10 @@ from .stepping import Stepper
 
 log = logging.getLogger("charloom.serve")
 
+#: Seconds between two deliveries of a running request's text, per running request (at least
+#: ``chunk_ms``): 64 streams get their text every 64 ms, 512 every half second.
+DELIVERY_S = 0.001
+
 
 class ServerBusy(CharloomError):
     """Too many samples are being generated already; the client should retry shortly."""
@@ -73,7 +77,7 @@ class Scheduler:
         self._admitted: set = set()  # jobs submitted and not yet over (event-loop side)
         self._stepping = (0, 0)  # (requests, samples) in the worker's batch (worker side)
         self._current: list[GenerateJob] = []  # the worker's batch (worker side)
-        self._newcomers_alone = False  # whether the last round stepped only new jobs (worker)
+        self._batch_stepped_at = 0.0  # when the worker last stepped every job at once
         self.chars_generated = 0
         self.requests_served = 0
 
@@ -84,6 +88,7 @@ class Scheduler:
         """The engine stepping the requests now: ``numba`` or ``torch`` (``auto`` starts on
         torch while the compiled engine is compiled, and takes it once it is ready)."""
         return self.stepper.engine
+
     def stats(self) -> dict:
         """What the worker holds now: for /healthz and for tests of cancellation."""
         requests, samples = self._stepping
@@ -250,20 +255,33 @@ class Scheduler:
             if not jobs:
                 return jobs
             # Newcomers take their first chunk on their own, so that a short request is done
-            # without waiting for the running batch's steps; every other round at most, so
-            # that arrivals cannot hold the running requests back for more than a chunk.
-            alone = len(jobs) > len(running) > 0 and not self._newcomers_alone
-            self._newcomers_alone = alone
+            # without waiting for the running batch's steps - as long as the running requests
+            # have had a round within the last chunk_s, so that arrivals, however many, cannot
+            # hold them back for more than about a chunk.
+            now = time.perf_counter()
+            alone = len(jobs) > len(running) > 0 and now - self._batch_stepped_at < self.chunk_s
             stepped = jobs[len(running) :] if alone else jobs
+            if not alone:
+                self._batch_stepped_at = now
             self.stepper.step(stepped, interrupted=lambda: not self._inbox.empty())
         # Completed jobs' answers go out first, at once. Other jobs' text goes out once per
         # chunk_ms (however short the chunks: they end early when requests arrive), since each
-        # delivery costs decoding here and an event on the event loop.
+        # delivery costs decoding here and an event on the event loop - and not while requests
+        # wait to come in: their first round comes first, and their answers would otherwise
+        # queue on the event loop behind the running streams' text.
         now = time.perf_counter()
-        for due in ([j for j in jobs if j.finished], [j for j in jobs if not j.finished]):
+        waiting = not self._inbox.empty()
+        # With many requests running, their text goes out less often, so that handing it to the
+        # event loop costs it a bounded share of its time (a new request's HTTP is handled
+        # there too): every chunk_ms, or DELIVERY_S per running request, whichever is longer.
+        every = max(self.chunk_s, DELIVERY_S * len(jobs))
+        for due in (
+            [j for j in jobs if j.finished],
+            [] if waiting else [j for j in jobs if not j.finished],
+        ):
             batch: list[tuple[GenerateJob | NextJob, list]] = []
             for job in due:
-                if not job.finished and now - job.delivered_at < self.chunk_s:
+                if not job.finished and now - job.delivered_at < every:
                     continue
                 job.delivered_at = now
                 items: list[tuple[str, object]] = []
@@ -282,7 +300,7 @@ class Scheduler:
         with torch.inference_mode():
             for samples in (1, 4):
                 job = GenerateJob([0], SampleSettings(), 2, samples)
-                job.prime(self.model, self.vocab)
+                job.prime(self.stepper.start, self.vocab)
                 self.stepper.step([job])
         self.stepper.forget_rate()
 
@@ -303,7 +321,10 @@ class Scheduler:
             if job.cancelled:
                 continue
             try:
-                job.prime(self.model, self.vocab)
+                if isinstance(job, NextJob):
+                    job.prime(self.model, self.vocab)
+                else:
+                    job.prime(self.stepper.start, self.vocab)
             except Exception as exc:  # one bad prime must not fail the others
                 log.exception("prime failed")
                 self._post(job, [("error", f"generation failed: {exc}")])

@@ -10,12 +10,17 @@ A chunk steps every job the same number of steps, so that no request gets ahead 
 settings (temperature, top-k, top-p, greedy) are per call, so jobs are grouped by them and each
 group is one call per block; the random numbers are per column, so a seeded job shares a call
 with others and still draws from its own stream. How many steps: as many as fit in ``chunk_s``
-at the rate the last chunks ran (but at least ``MIN_BLOCK``), and never past the step at which
-the first job can complete (its answer then goes out at once, and no step is wasted); a long new
-request's first chunk is ``MIN_BLOCK`` steps, so its first characters go out at once. The chunk
-runs in blocks of about a sixteenth of that; between blocks it ends early if ``interrupted()``
-says so (a new request is waiting), so a request waits for about one block, not a whole chunk,
-to join.
+at the rate the last chunks ran, and never past the step at which the first job can complete
+(its answer then goes out at once, and no step is wasted); a long new request's first chunk is
+short, so its first characters go out at once. The chunk runs in blocks of about a sixteenth of
+that, but never shorter than ``MIN_CALL_S`` (below it, the cost of a call outweighs its steps);
+between blocks it ends early if ``interrupted()`` says so (a new request is waiting), so a
+request waits for about one block - a millisecond or two, whatever the model's size and the
+number of streams - not a whole chunk, to join.
+
+Primes run here too (:meth:`Stepper.start`): on the CPU with the numpy engine, as ``charloom
+sample`` runs them (torch's fused module costs milliseconds to set up per call on the CPU), on
+a GPU with the model.
 """
 
 from __future__ import annotations
@@ -31,16 +36,27 @@ import torch
 from .. import fastgen
 from ..model import CharRNN
 from ..nextchar import SampleSettings, seeded_rng
-from ..sample import CompiledGenerator, Engine, TorchGenerator, engine_name, make_generator
+from ..npgen import NumpyGenerator
+from ..sample import (
+    CompiledGenerator,
+    Engine,
+    TorchGenerator,
+    engine_name,
+    gen_weights,
+    make_generator,
+    start_state,
+)
 from .jobs import GenerateJob
 
 #: The most steps in one chunk, whatever the rate: bounds the text held back from a stream.
 MAX_STEPS = 2048
 #: Blocks per chunk: how much sooner than a whole chunk a waiting request joins.
 BLOCKS = 16
-#: The fewest steps in one engine call (unless a job completes sooner): below this the cost
-#: per call outweighs the steps, and a rate measured on tiny calls would keep chunks tiny.
+#: The steps of a batch's first call, before its rate is measured.
 MIN_BLOCK = 16
+#: The shortest engine call worth making (unless a job completes sooner): below it, the cost of
+#: a call (copies in and out, starting threads: tens of microseconds) outweighs its steps.
+MIN_CALL_S = 0.0005
 
 
 class Stepper:
@@ -52,6 +68,8 @@ class Stepper:
         self.model, self.asked = model, engine
         self.engine = engine_name(model, engine)
         self.generator: Engine = make_generator(model, engine)
+        on_cpu = model.head.weight.device.type == "cpu"
+        self._primer = NumpyGenerator(gen_weights(model)) if on_cpu else None
         self.chunk_s = chunk_s
         # Unseeded requests share one generator: their columns come from one draw per chunk.
         self._shared = seeded_rng(None)
@@ -60,25 +78,43 @@ class Stepper:
         # none yet for a size: its first chunk takes MIN_BLOCK steps and measures.
         self._column_step_s: dict[int, float] = {}
 
+    def start(
+        self, prime_ids: list[int], rows: int
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Run a prime (see ``sample.start_state``): the state ``(L, rows, H)`` and logits
+        ``(rows, V)`` to draw the first character from."""
+        if self._primer is None:
+            return start_state(self.model, prime_ids, rows)
+        state, logits = self._primer.start(prime_ids, rows)
+        return tuple(torch.from_numpy(s) for s in state), torch.from_numpy(logits)
+
+    def _min_steps(self, columns: int) -> int:
+        """The fewest steps of a call on ``columns`` columns: what takes ``MIN_CALL_S``."""
+        rate = self._column_step_s.get(columns.bit_length())
+        if rate is None:
+            return MIN_BLOCK
+        return max(1, min(MIN_BLOCK, int(MIN_CALL_S / (columns * rate)) if rate > 0 else MIN_BLOCK))
+
     def steps_for(self, jobs: list[GenerateJob]) -> int:
         """How many steps the next chunk of ``jobs`` takes at most (see the module docstring)."""
         columns = sum(job.rows for job in jobs)
         rate = self._column_step_s.get(columns.bit_length())
+        least = self._min_steps(columns)
         steps = MAX_STEPS
         if rate is None:
             steps = MIN_BLOCK
         elif rate > 0:
             steps = int(self.chunk_s / (columns * rate))
         if any(job.fresh_start and job.steps_left > 4 * MIN_BLOCK for job in jobs):
-            steps = MIN_BLOCK  # a long new request's first characters show at once
-        return max(1, min(max(steps, MIN_BLOCK), MAX_STEPS, *(job.steps_left for job in jobs)))
+            steps = least  # a long new request's first characters show at once
+        return max(1, min(max(steps, least), MAX_STEPS, *(job.steps_left for job in jobs)))
 
     def step(self, jobs: list[GenerateJob], interrupted: Callable[[], bool] = lambda: False) -> int:
         """Step every job in ``jobs`` (primed, not finished) by the same number of steps, hand
         each its new ids (``job.take``) and keep its state; returns the number of steps."""
         self._take_compiled_when_ready()
         planned = self.steps_for(jobs)
-        block = max(MIN_BLOCK, -(-planned // BLOCKS))
+        block = max(self._min_steps(sum(job.rows for job in jobs)), -(-planned // BLOCKS))
         start = time.perf_counter()
         groups: dict[tuple, _Group] = {}
         for job in jobs:
