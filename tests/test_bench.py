@@ -104,8 +104,15 @@ def _fake_suite(monkeypatch, tmp_path, bf16: bool, server: bool = True):
     def quality(data, seconds, workdir):
         quality_runs.append((data, seconds))
         model = {"kind": "lstm", "layers": 1, "hidden": 256, "embed": 64, "dropout": 0.0}
-        return dict(val_loss=1.5, val_bpc=2.16, chars=10_000, train_wall_s=91.0, eval_wall_s=0.5,
-                    model=model, iterations=700)
+        return dict(
+            val_loss=1.5,
+            val_bpc=2.16,
+            chars=10_000,
+            train_wall_s=91.0,
+            eval_wall_s=0.5,
+            model=model,
+            iterations=700,
+        )
 
     peaks = {torch.float32: 1e11, torch.bfloat16: 4e11}
     monkeypatch.setattr(bench, "matmul_peak", lambda dtype, min_time: peaks[dtype])
@@ -114,7 +121,9 @@ def _fake_suite(monkeypatch, tmp_path, bf16: bool, server: bool = True):
     monkeypatch.setattr(
         bench,
         "generation_chars_per_s",
-        lambda m, streams, n, engine="auto": (500.0 if engine == "torch" else 1000.0) * streams,
+        lambda m, streams, n, engine="auto": (
+            {"torch": 500.0, "numpy": 700.0}.get(engine, 1000.0) * streams
+        ),
     )
     monkeypatch.setattr(bench, "server_available", lambda: server)
     server_speeds = {False: 500.0, True: 300.0}  # per stream, unseeded and seeded
@@ -177,7 +186,9 @@ def test_suite_ratios_are_the_measured_components(fake_suite):
     assert r["gen_speedup_vs_seed"] == pytest.approx(1000.0 / r["gen_lecture_chars_per_s"])
     assert r["gen_torch_chars_per_s"] == 500.0  # the torch engine alone, one stream
     assert r["gen_torch_speedup_vs_seed"] == pytest.approx(500.0 / r["gen_lecture_chars_per_s"])
-    assert r["gen_engine"] in ("numba", "torch (compiling)", "torch (numba not installed)")
+    assert r["gen_numpy_chars_per_s"] == 700.0  # the numpy engine alone, one stream
+    assert r["gen_numpy_speedup_vs_seed"] == pytest.approx(700.0 / r["gen_lecture_chars_per_s"])
+    assert r["gen_engine"] in ("numba", "numpy (compiling)", "numpy (numba not installed)")
     # serving: 64 streaming requests, against sample(num_samples=64) of the same run
     assert r["server_chars_per_s"] == 32_000.0 and r["server_seeded_chars_per_s"] == 19_200.0
     assert r["server_over_offline"] == 32_000.0 / r["gen_batched_chars_per_s"] == 0.5
@@ -216,6 +227,7 @@ def test_table_lists_what_the_json_holds(fake_suite):
         "gen_chars_per_s",
         "gen_batched_chars_per_s",
         "gen_torch_chars_per_s",
+        "gen_numpy_chars_per_s",
         "eval_chars_per_s",
     ):
         assert f"{r[key]:,.0f}" in out, key

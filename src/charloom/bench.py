@@ -156,8 +156,8 @@ def generation_chars_per_s(model: CharRNN, streams: int, n: int, engine: str = "
     it from ``charloom sample`` or ``CharModel.sample``."""
     vocab = Vocab.build("printable")
     settings = SampleSettings()
-    if engine != "torch":  # the steady state: the compiled engine ready, as after a first run
-        fastgen.prepare(wait=True)
+    if engine in ("auto", "numba"):  # the steady state: the compiled engine ready, as after
+        fastgen.prepare(wait=True)  # a first run
     sample(model, vocab, "T", 64, settings, streams, seed=0, engine=engine)  # warm up
     start = time.perf_counter()
     texts = sample(model, vocab, "T", n, settings, streams, seed=1, engine=engine)
@@ -356,6 +356,9 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     many = generation_chars_per_s(model, 64, 1000 if quick else 4000)
     # The torch engine alone: what a machine without numba (or a GPU) gets for one stream.
     torch_one = generation_chars_per_s(model, 1, n_ref, engine="torch")
+    # The numpy engine alone: the first characters of every CPU sample, and all of them where
+    # numba cannot run.
+    numpy_one = generation_chars_per_s(model, 1, n_ref, engine="numpy")
     results["gen_engine"] = engine_in_use(CPU)
     results["gen_lecture_chars_per_s"] = lecture_cps
     results["gen_chars_per_s"] = one
@@ -364,6 +367,8 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     results["gen_batched_over_one_stream"] = many / one
     results["gen_torch_chars_per_s"] = torch_one
     results["gen_torch_speedup_vs_seed"] = torch_one / lecture_cps
+    results["gen_numpy_chars_per_s"] = numpy_one
+    results["gen_numpy_speedup_vs_seed"] = numpy_one / lecture_cps
 
     log("serving speed: 64 streaming requests through the server's app ...")
     results["server_chars_per_s"] = results["server_seeded_chars_per_s"] = None
@@ -452,6 +457,12 @@ def table(results: dict) -> str:
             "generation, torch engine, one stream (chars/s)",
             f"{r['gen_torch_chars_per_s']:,.0f} ({r['gen_torch_speedup_vs_seed']:.1f}x lecture)"
             if "gen_torch_chars_per_s" in r
+            else "-",
+        ),
+        (
+            "generation, numpy engine, one stream (chars/s)",
+            f"{r['gen_numpy_chars_per_s']:,.0f} ({r['gen_numpy_speedup_vs_seed']:.1f}x lecture)"
+            if "gen_numpy_chars_per_s" in r
             else "-",
         ),
         *_server_rows(r),

@@ -189,12 +189,28 @@ class NumpyGenerator:
         logits: np.ndarray,
         uniforms: np.ndarray,
         settings: SampleSettings,
+        end: int | None = None,
+        stopped: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ArrayState, np.ndarray]:
         """Draw ``uniforms.shape[0]`` characters for each of B streams from ``logits (B, V)``
         and ``state``, with ``uniforms (steps, B)``. Returns the ids ``(steps, B)`` int64, the
-        new state and the logits after the last character."""
+        new state and the logits after the last character.
+
+        ``end`` (documents mode): the end-of-document id. A stream that draws it (or is set in
+        ``stopped (B,)``) stops: its later ids are all ``end``, and once every stream has
+        stopped the block ends without stepping further (as the other engines do)."""
         drawn = np.empty(uniforms.shape, np.int64)
+        stop = None
+        if end is not None:
+            stop = np.zeros(len(logits), bool) if stopped is None else np.array(stopped, bool)
         for t, u in enumerate(uniforms):
-            drawn[t] = pick(logits, settings, u)
-            state, logits = self.step(state, drawn[t])
+            ids = pick(logits, settings, u)
+            if stop is not None:
+                ids[stop] = end
+                stop |= ids == end
+                if stop.all():
+                    drawn[t:] = end
+                    return drawn, state, logits
+            drawn[t] = ids
+            state, logits = self.step(state, ids)
         return drawn, state, logits
