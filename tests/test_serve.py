@@ -296,7 +296,7 @@ def test_requests_with_different_settings_share_the_batch_and_keep_their_own(app
 
 
 def test_a_full_server_answers_503_and_recovers(model):
-    app = create_app(model, ServeLimits(max_active=4, max_length=100_000))
+    app = create_app(model, ServeLimits(max_active=4, max_length=100_000, max_active_per_client=4))
 
     async def scenario(client):
         long = asyncio.create_task(
