@@ -297,14 +297,17 @@ def test_without_keys_the_share_is_per_address(model):
     async def scenario(http):
         long = await _hold_three_samples(app, http, {})
         mine = await http.post("/v1/generate", json={"length": 5})
+        # A full share is refused before the body is read: no 422 for this one, no 413 either.
+        unread = await http.post("/v1/next", content=b"{not json" + b" " * 100_000)
         transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 5))
         async with httpx.AsyncClient(transport=transport, base_url="http://x") as other:
             theirs = await other.post("/v1/generate", json={"length": 5})
         long.cancel()
-        return mine, theirs
+        return mine, unread, theirs
 
-    mine, theirs = run(app, scenario)
+    mine, unread, theirs = run(app, scenario)
     assert mine.status_code == 429 and theirs.status_code == 200
+    assert unread.status_code == 429 and unread.headers["retry-after"] == "1"
 
 
 def test_the_default_share_is_a_quarter_of_max_active():

@@ -31,7 +31,7 @@ from .._version import __version__
 from ..charmodel import CharModel
 from ..sample import SampleSettings
 from .auth import ApiKeys, KeyAuth
-from .clients import AccessLog, ClientBusy, ClientShares, client_of
+from .clients import AccessLog, ClientBusy, ClientShares, ShareGuard, client_of, refusal
 from .jobs import GenerateJob, NextJob
 from .limits import ServeLimits
 from .scheduler import GenerationFailed, Scheduler, ServerBusy
@@ -290,6 +290,7 @@ def create_app(
     app.state.limits = limits
     app.state.shares = shares
     app.add_middleware(BodyLimit, max_body=limits.max_body)
+    app.add_middleware(ShareGuard, shares=shares, paths=frozenset(allowed))
     if keys is not None:  # outside the body limit: a stranger's body is never read
         app.add_middleware(KeyAuth, keys=keys)
     if access_log:
@@ -309,13 +310,16 @@ def create_app(
         return _validation_response(list(exc.errors()), allowed, request.url.path)
 
     @app.exception_handler(ServerBusy)
-    @app.exception_handler(ClientBusy)
-    async def on_busy(request: Request, exc: Exception) -> JSONResponse:
+    async def on_busy(request: Request, exc: ServerBusy) -> JSONResponse:
         return JSONResponse(
             {"message": str(exc), "detail": str(exc)},
-            status_code=429 if isinstance(exc, ClientBusy) else 503,
+            status_code=503,
             headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(ClientBusy)
+    async def on_client_busy(request: Request, exc: ClientBusy) -> JSONResponse:
+        return await refusal(exc)
 
     @app.exception_handler(GenerationFailed)
     async def on_failed(request: Request, exc: GenerationFailed) -> JSONResponse:

@@ -18,6 +18,8 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import anyio
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import CharloomError
@@ -25,8 +27,13 @@ from ..errors import CharloomError
 #: Where :class:`KeyAuth` (auth.py) leaves the client it recognised, in the ASGI scope.
 SCOPE_KEY = "charloom.client"
 
-#: The access log's logger; ``charloom serve --access-log`` sends it to standard error.
+#: The access log's logger; ``charloom serve --access-log`` sends it to standard output.
 ACCESS_LOGGER = "charloom.serve.access"
+
+#: A refused client is told to retry after this many seconds, and its 429 is held back as long:
+#: a client that retries at once, on every connection it has, then costs the server one cheap
+#: answer per connection per second instead of keeping its event loop busy with refusals.
+RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -92,15 +99,19 @@ class ClientShares:
     def holding(self, client: str) -> int:
         return self._held.get(client, 0)
 
-    def take(self, client: str, rows: int) -> Share:
-        """Hold ``rows`` samples for ``client``; :class:`ClientBusy` if that is past its share."""
+    def check(self, client: str, rows: int) -> None:
+        """:class:`ClientBusy` if ``rows`` more samples would take ``client`` past its share."""
         held = self.holding(client)
         if held + rows > self.per_client:
             raise ClientBusy(
                 f"this client has {held} samples in progress already (at most "
                 f"{self.per_client} per client); try again in a moment"
             )
-        self._held[client] = held + rows
+
+    def take(self, client: str, rows: int) -> Share:
+        """Hold ``rows`` samples for ``client``; :class:`ClientBusy` if that is past its share."""
+        self.check(client, rows)
+        self._held[client] = self.holding(client) + rows
         return Share(self, client, rows)
 
     def _give_back(self, client: str, rows: int) -> None:
@@ -109,6 +120,38 @@ class ClientShares:
             self._held[client] = left
         else:
             self._held.pop(client, None)
+
+
+async def refusal(exc: ClientBusy) -> JSONResponse:
+    """The 429 for ``exc``, after :data:`RETRY_AFTER_S` seconds (see there)."""
+    await anyio.sleep(RETRY_AFTER_S)
+    return JSONResponse(
+        {"message": str(exc), "detail": str(exc)},
+        status_code=429,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+class ShareGuard:
+    """ASGI middleware: refuse a generation request from a client whose share is full before
+    its body is read or parsed, so a client that keeps asking costs little. (One that fits only
+    in part - more samples than it has room for - is refused by the route, after parsing.)"""
+
+    def __init__(self, app: ASGIApp, shares: ClientShares, paths: frozenset[str]) -> None:
+        self.app = app
+        self.shares = shares
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") in self.paths:
+            try:
+                self.shares.check(client_of(scope).id, 1)
+            except ClientBusy as exc:
+                response = await refusal(exc)
+                response.headers["Connection"] = "close"  # its body is left unread
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class AccessLog:
