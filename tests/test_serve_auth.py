@@ -244,7 +244,9 @@ async def _hold_three_samples(app, http, headers: dict) -> asyncio.Task:
     end) and wait until the worker steps it."""
     body = {"prime": "Th", "length": 100_000, "num_samples": 3}
     task = asyncio.create_task(http.post("/v1/generate", json=body, headers=headers))
+    deadline = time.monotonic() + 30
     while app.state.scheduler.stats()["active_samples"] < 3:
+        assert not task.done() and time.monotonic() < deadline, "the long request never ran"
         await asyncio.sleep(0.005)
     return task
 
