@@ -33,7 +33,7 @@ from charloom.serve.clients import ACCESS_LOGGER, ClientBusy, ClientShares  # no
 
 KEY_A = "alpha-0123456789-abcdefghij"
 KEY_B = "bravo-9876543210-zyxwvutsrq"
-LIMITS = ServeLimits(max_length=100_000, max_active=16, max_active_per_client=4)
+LIMITS = ServeLimits(max_length=5_000_000, max_active=16, max_active_per_client=4)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_shares_are_counted_per_client_and_given_back():
 async def _hold_three_samples(app, http, headers: dict) -> asyncio.Task:
     """Start a long request of 3 samples (in a task: the ASGI transport answers only at the
     end) and wait until the worker steps it."""
-    body = {"prime": "Th", "length": 100_000, "num_samples": 3}
+    body = {"prime": "Th", "length": 5_000_000, "num_samples": 3}
     task = asyncio.create_task(http.post("/v1/generate", json=body, headers=headers))
     deadline = time.monotonic() + 30
     while app.state.scheduler.stats()["active_samples"] < 3:
@@ -294,7 +294,7 @@ def test_one_key_past_its_share_gets_429_while_another_key_is_served(model):
 
 
 def test_without_keys_the_share_is_per_address(model):
-    app = create_app(model, ServeLimits(max_length=100_000, max_active_per_client=3))
+    app = create_app(model, ServeLimits(max_length=5_000_000, max_active_per_client=3))
 
     async def scenario(http):
         long = await _hold_three_samples(app, http, {})
