@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -38,6 +39,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -55,6 +57,14 @@ def free_port() -> int:
 class LiveServer:
     url: str
     pid: int
+    log: Any = None  # the server's output so far (a file), for tests to read
+
+    def output(self) -> str:
+        """What the server has written to its standard output and error so far."""
+        if self.log is None:
+            return ""
+        self.log.flush()
+        return Path(f"/proc/self/fd/{self.log.fileno()}").read_text(errors="replace")
 
     def cpu_seconds(self) -> float | None:
         """CPU time (user + system) the server has used so far, where /proc tells."""
@@ -67,14 +77,27 @@ class LiveServer:
 
 @contextlib.contextmanager
 def running_server(
-    run: str | os.PathLike, extra_args: tuple[str, ...] = (), timeout: float = 60.0
+    run: str | os.PathLike,
+    extra_args: tuple[str, ...] = (),
+    timeout: float = 60.0,
+    env: dict[str, str] | None = None,
+    cafile: str | os.PathLike | None = None,
 ) -> Iterator[LiveServer]:
-    """``charloom serve RUN`` in a subprocess on a free loopback port, until the block ends."""
+    """``charloom serve RUN`` in a subprocess on a free loopback port, until the block ends.
+    ``env``: extra environment variables; with ``--ssl-certfile`` among ``extra_args``, the
+    URL is https and ``cafile`` is the certificate to trust."""
     port = free_port()
     cmd = [sys.executable, "-m", "charloom", "serve", str(run), "--host", HOST, "--port", str(port)]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen([*cmd, *extra_args], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://{HOST}:{port}"
+    proc = subprocess.Popen(
+        [*cmd, *extra_args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    tls = "--ssl-certfile" in extra_args
+    base = f"{'https' if tls else 'http'}://{HOST}:{port}"
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cafile) if cafile else True
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -82,14 +105,14 @@ def running_server(
                 log.seek(0)
                 raise RuntimeError(f"the server exited early: {log.read().decode()}")
             try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(base + "/healthz", timeout=1, verify=verify).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("the server did not answer /healthz in time")
             time.sleep(0.1)
-        yield LiveServer(base, proc.pid)
+        yield LiveServer(base, proc.pid, log)
     finally:
         proc.terminate()
         try:
@@ -135,9 +158,11 @@ class Connection:
     cores with the server, the load test would mostly measure httpx. This costs a tenth of it.
     """
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
         self.host, port = base.removeprefix("http://").split(":")
         self.port = int(port)
+        #: Sent with every request (an ``Authorization`` header, say).
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -159,7 +184,7 @@ class Connection:
         body = json.dumps(obj).encode()
         self.writer.write(
             f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            f"{self.extra}Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
         await self.writer.drain()

@@ -296,7 +296,7 @@ def test_requests_with_different_settings_share_the_batch_and_keep_their_own(app
 
 
 def test_a_full_server_answers_503_and_recovers(model):
-    app = create_app(model, ServeLimits(max_active=4, max_length=100_000))
+    app = create_app(model, ServeLimits(max_active=4, max_length=100_000, max_active_per_client=4))
 
     async def scenario(client):
         long = asyncio.create_task(
@@ -304,11 +304,14 @@ def test_a_full_server_answers_503_and_recovers(model):
         )
         while app.state.scheduler.stats()["active_samples"] < 3:
             await asyncio.sleep(0.005)
-        refused = await client.post("/v1/generate", json={"length": 5, "num_samples": 2})
-        fits = await client.post("/v1/generate", json={"length": 5})
-        streamed = await client.post(
-            "/v1/generate", json={"length": 5, "stream": True, "num_samples": 2}
-        )
+        # From another address: this client's own share (1 of 4) is not what refuses it.
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.2", 1))
+        async with httpx.AsyncClient(transport=transport, base_url="http://charloom") as other:
+            refused = await other.post("/v1/generate", json={"length": 5, "num_samples": 2})
+            fits = await other.post("/v1/generate", json={"length": 5})
+            streamed = await other.post(
+                "/v1/generate", json={"length": 5, "stream": True, "num_samples": 2}
+            )
         long.cancel()
         return refused, fits, streamed
 

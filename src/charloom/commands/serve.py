@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="an HTTP generation API and a web playground",
         description=(
             "Serve a model: the playground at /, the API under /v1 (documented at /docs). "
-            "Listens on loopback unless --host says otherwise (0.0.0.0: all interfaces)."
+            "Listens on loopback unless --host says otherwise (0.0.0.0: all interfaces); "
+            "another address needs API keys (--api-key-file, or CHARLOOM_API_KEYS: keys "
+            "separated by commas) or --no-auth."
         ),
     )
     sv.add_argument("run", metavar="RUN", help="run directory or checkpoint folder")
@@ -44,6 +46,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=None,
             help=f"{text} ({getattr(bounds, name)})",
         )
+    sv.add_argument(
+        "--max-active-per-client",
+        type=int_at_least(1),
+        default=None,
+        help="samples one client (API key, or address without keys) generates at once, then "
+        "429 (a quarter of --max-active)",
+    )
+    sv.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        default=None,
+        help="API keys, one per line (# comments); requests need 'Authorization: Bearer KEY'",
+    )
+    sv.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve an address other than loopback without keys (anyone can use it)",
+    )
+    sv.add_argument("--ssl-certfile", metavar="FILE", default=None, help="TLS certificate (PEM)")
+    sv.add_argument("--ssl-keyfile", metavar="FILE", default=None, help="its private key (PEM)")
     sv.set_defaults(handler=run)
 
 
@@ -51,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; limits not given keep ServeLimits' defaults."""
     from ..serve import ServeLimits, serve
 
-    given = {name: getattr(args, name) for name, _ in _LIMITS if getattr(args, name) is not None}
+    names = [name for name, _ in _LIMITS] + ["max_active_per_client"]
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     serve(
         args.run,
         host=args.host,
@@ -61,5 +84,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         access_log=args.access_log,
+        api_key_file=args.api_key_file,
+        no_auth=args.no_auth,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     return 0

@@ -5,7 +5,9 @@ Built on FastAPI and uvicorn (core dependencies). The pieces:
 - ``limits.py``     ServeLimits: every bound a request must respect (one home for them);
 - ``scheduler.py``  one worker that steps all requests' samples together, a chunk at a time;
 - ``schemas.py``    request and response bodies (strict, bounded, documented in OpenAPI);
-- ``app.py``        ``create_app(model, limits)``: the routes, error answers, streaming;
+- ``auth.py``       API keys: reading them, checking ``Authorization: Bearer``, the 401;
+- ``clients.py``    who a request is from, the fair share per client (429), the access log;
+- ``app.py``        ``create_app(model, limits, keys)``: the routes, error answers, streaming;
 - ``server.py``     ``serve(run, host, port, ...)``: load a run, bind, hand the app to uvicorn;
 - ``static/``       the playground page and the offline API docs page.
 

@@ -6,8 +6,9 @@ here touches the network or the process's settings, so tests run the app in-proc
 
 Failure answers are JSON with a one-line ``message`` naming the field:
 422 for a bad request body (bad type, out of range, unknown field, prime characters outside the
-vocabulary), 413 for a body over ``max_body`` bytes, 503 when ``max_active`` samples are
-already being generated (with ``Retry-After``), 500 if the model itself fails.
+vocabulary), 413 for a body over ``max_body`` bytes, 429 when the client already has its share
+of samples in progress and 503 when ``max_active`` samples are (both with ``Retry-After``), 500
+if the model itself fails; with API keys, 401 without a valid one (auth.py).
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at
@@ -29,6 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._version import __version__
 from ..charmodel import CharModel
 from ..sample import SampleSettings
+from .auth import ApiKeys, KeyAuth
+from .clients import AccessLog, ClientBusy, ClientShares, ShareGuard, client_of, refusal
 from .jobs import GenerateJob, NextJob
 from .limits import ServeLimits
 from .scheduler import GenerationFailed, Scheduler, ServerBusy
@@ -244,12 +247,20 @@ class EventStream(Response):
 
 
 # --- the app ----------------------------------------------------------------------------------
-def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
-    """A FastAPI app serving ``model`` within ``limits``: API under /v1, playground at /."""
+def create_app(
+    model: CharModel,
+    limits: ServeLimits | None = None,
+    keys: ApiKeys | None = None,
+    access_log: bool = False,
+) -> FastAPI:
+    """A FastAPI app serving ``model`` within ``limits``: API under /v1, playground at /.
+    With ``keys``, every path but /healthz and the two pages needs one (see auth.py);
+    ``access_log``: a line per request on the ``charloom.serve.access`` logger."""
     limits = limits or ServeLimits()
     limits.validate()
     vocab = model.vocab
     scheduler = Scheduler(model.model, vocab, limits.max_active, limits.chunk_ms)
+    shares = ClientShares(limits.per_client)
     GenerateRequest, NextRequest = request_models(limits, vocab.size)
     allowed = {
         "/v1/generate": list(GenerateRequest.model_fields),
@@ -277,14 +288,21 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
     )
     app.state.scheduler = scheduler
     app.state.limits = limits
+    app.state.shares = shares
     app.add_middleware(BodyLimit, max_body=limits.max_body)
+    app.add_middleware(ShareGuard, shares=shares, paths=frozenset(allowed))
+    if keys is not None:  # outside the body limit: a stranger's body is never read
+        app.add_middleware(KeyAuth, keys=keys)
+    if access_log:
+        app.add_middleware(AccessLog)
     bad_request: dict[int | str, dict[str, Any]] = {
         413: {"model": ErrorResponse, "description": f"the body is over {limits.max_body} bytes"},
         422: {"model": ErrorResponse, "description": "a field is invalid"},
         500: {"model": ErrorResponse, "description": "the model failed"},
     }
     busy: dict[int | str, dict[str, Any]] = {
-        503: {"model": ErrorResponse, "description": "too many samples in progress"}
+        429: {"model": ErrorResponse, "description": "this client's share is in progress"},
+        503: {"model": ErrorResponse, "description": "too many samples in progress"},
     }
 
     @app.exception_handler(RequestValidationError)
@@ -298,6 +316,10 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
             status_code=503,
             headers={"Retry-After": "1"},
         )
+
+    @app.exception_handler(ClientBusy)
+    async def on_client_busy(request: Request, exc: ClientBusy) -> JSONResponse:
+        return await refusal(exc)
 
     @app.exception_handler(GenerationFailed)
     async def on_failed(request: Request, exc: GenerationFailed) -> JSONResponse:
@@ -379,7 +401,7 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
             **busy,
         },
     )
-    async def generate(req: GenerateRequest):  # type: ignore[valid-type]
+    async def generate(req: GenerateRequest, request: Request):  # type: ignore[valid-type]
         req = cast(GenerateParams, req)  # the run-time model has these fields
         prime, prime_ids = prepare("prime", req.prime)
         settings = SampleSettings(req.temperature, req.top_k, req.top_p, req.greedy)
@@ -387,10 +409,12 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
         job = GenerateJob(prime_ids, settings, req.length, req.num_samples, req.seed)
         completions = [""] * req.num_samples
         started = time.perf_counter()
+        share = shares.take(client_of(request.scope).id, job.rows)  # 429 past the client's
         if not req.stream:
-            async with aclosing(scheduler.generate(job)) as pieces:
-                async for texts in pieces:
-                    completions = [a + b for a, b in zip(completions, texts)]
+            with share:
+                async with aclosing(scheduler.generate(job)) as pieces:
+                    async for texts in pieces:
+                        completions = [a + b for a, b in zip(completions, texts)]
             return GenerateResponse(
                 texts=[prime + c for c in completions],
                 completions=completions,
@@ -400,7 +424,8 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
                 seed=req.seed,
                 elapsed_s=round(time.perf_counter() - started, 4),
             )
-        pieces = scheduler.generate(job)  # submitted now: a full server answers 503, not 200
+        with share.released_on_error():
+            pieces = scheduler.generate(job)  # submitted now: a full server answers 503, not 200
 
         async def events() -> AsyncGenerator[bytes, None]:
             nonlocal completions
@@ -424,7 +449,11 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
                     },
                 )
 
-        return EventStream(events(), on_close=lambda: scheduler.cancel(job))
+        def close() -> None:
+            scheduler.cancel(job)
+            share.release()
+
+        return EventStream(events(), on_close=close)
 
     @app.post(
         "/v1/next",
@@ -432,7 +461,7 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
         response_model=NextResponse,
         responses={**bad_request, **busy},
     )
-    async def next_chars(req: NextRequest) -> NextResponse:  # type: ignore[valid-type]
+    async def next_chars(req: NextRequest, request: Request) -> NextResponse:  # type: ignore[valid-type]
         req = cast(NextParams, req)  # the run-time model has these fields
         text, skipped = req.text, 0
         if req.unknown == "skip":  # as charloom eval --unknown skip: read the rest, joined up
@@ -440,7 +469,8 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
         _, ids = prepare("text", text)
         settings = SampleSettings(req.temperature, req.top_k, req.top_p)
         settings.validate()
-        found = await scheduler.next_chars(NextJob(ids, settings, req.top))
+        with shares.take(client_of(request.scope).id, 1):
+            found = await scheduler.next_chars(NextJob(ids, settings, req.top))
         return NextResponse(
             candidates=[Candidate(char=_char(vocab, i), id=i, prob=p) for i, p in found],
             skipped=skipped,

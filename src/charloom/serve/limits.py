@@ -22,12 +22,25 @@ class ServeLimits:
     max_active: int = 512  # samples generated at once, all requests together; then 503
     max_connections: int = 512  # open connections (uvicorn's limit_concurrency); then 503
     chunk_ms: float = 20.0  # how long the generation worker steps before it delivers text
+    #: Samples one client (one API key, or one address without keys) may have generated at
+    #: once; then 429. ``None``: a quarter of ``max_active``, at least 1 (see ``per_client``).
+    max_active_per_client: int | None = None
+
+    @property
+    def per_client(self) -> int:
+        """The samples one client may hold at once: ``max_active_per_client`` if set, else a
+        quarter of ``max_active`` (at least 1), so that no client can take every slot."""
+        if self.max_active_per_client is not None:
+            return self.max_active_per_client
+        return max(1, self.max_active // 4)
 
     def validate(self) -> None:
         """Refuse bounds that could not work, with a :class:`CharloomError` naming the flag."""
         for f in fields(self):
             value = getattr(self, f.name)
             flag = "--" + f.name.replace("_", "-")
+            if f.name == "max_active_per_client" and value is None:
+                continue
             if f.name == "chunk_ms":
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
                 if not ok or not 1 <= value <= 1000:
@@ -37,6 +50,12 @@ class ServeLimits:
                 raise CharloomError(f"{flag} must be an integer >= 1, not {value!r}")
         if self.max_body < 1024:
             raise CharloomError(f"--max-body must be at least 1024 bytes, not {self.max_body}")
+        if self.per_client > self.max_active:
+            raise CharloomError(
+                f"--max-active-per-client ({self.per_client}) must be at most --max-active "
+                f"({self.max_active})"
+            )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The bounds, ``max_active_per_client`` resolved to the number in force."""
+        return {**asdict(self), "max_active_per_client": self.per_client}

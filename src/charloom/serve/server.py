@@ -1,24 +1,31 @@
 """Run the app under uvicorn: load the model, check the address, bind, serve until Ctrl-C.
 
 The socket is bound here rather than by uvicorn so that a busy port or an unknown host is a
-one-line ``charloom: error`` instead of a log message and a bare exit status.
+one-line ``charloom: error`` instead of a log message and a bare exit status. The same goes for
+the keys (auth.py) and the TLS certificate: both are read and checked before anything listens,
+and an address other than loopback is served only with keys, or with an explicit ``no_auth``.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import ipaddress
 import os
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 
 import torch
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from ..charmodel import load
 from ..errors import CharloomError
 from .app import create_app
+from .auth import KEYS_ENV, ApiKeys
+from .clients import ACCESS_LOGGER
 from .limits import ServeLimits
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: serving to other machines must be asked for
@@ -58,13 +65,61 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url(host: str, port: int) -> str:
+def url(host: str, port: int, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
     try:
         if ipaddress.ip_address(host).version == 6:
-            return f"http://[{host}]:{port}/"
+            return f"{scheme}://[{host}]:{port}/"
     except ValueError:
         pass
-    return f"http://{host}:{port}/"
+    return f"{scheme}://{host}:{port}/"
+
+
+def is_loopback(sock: socket.socket) -> bool:
+    """Whether ``sock`` is bound to a loopback address (only this machine can reach it)."""
+    try:
+        return ipaddress.ip_address(sock.getsockname()[0].split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def check_tls(certfile: str | None, keyfile: str | None) -> None:
+    """Load the certificate and its key as uvicorn will, so a bad pair is one line now rather
+    than a traceback later. A key protected by a passphrase is refused (nobody could type it)."""
+    if certfile is None:
+        if keyfile is not None:
+            raise CharloomError("--ssl-keyfile needs --ssl-certfile (the certificate) too")
+        return
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path is not None and not os.path.isfile(path):
+            raise CharloomError(f"{flag} {path}: no such file")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or "unreadable"
+        raise CharloomError(
+            f"--ssl-certfile {certfile}"
+            + (f" with --ssl-keyfile {keyfile}" if keyfile else "")
+            + f": not a PEM certificate with its (unencrypted) private key ({reason})"
+        ) from None
+
+
+def log_config(access_log: bool) -> dict:
+    """uvicorn's logging set-up, plus our access log (to standard output, as uvicorn's was)."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    if access_log:
+        config["handlers"]["charloom_access"] = {
+            "formatter": "default",
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stdout",
+        }
+        config["loggers"][ACCESS_LOGGER] = {
+            "handlers": ["charloom_access"],
+            "level": "INFO",
+            "propagate": False,
+        }
+    return config
 
 
 def serve(
@@ -76,24 +131,40 @@ def serve(
     device: str = "cpu",
     threads: int | None = None,
     access_log: bool = False,
+    api_key_file: str | os.PathLike | None = None,
+    no_auth: bool = False,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
     say: Callable[[str], None] | None = None,
 ) -> None:
     """Serve run ``run`` on ``host:port`` until interrupted. Everything is checked - address,
-    limits, the run - before anything listens."""
+    limits, keys (``api_key_file`` and ``CHARLOOM_API_KEYS``), certificate, the run - before
+    anything listens. A non-loopback address needs keys, or ``no_auth=True``."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     limits = limits or ServeLimits()
     limits.validate()
     check_address(host, port)
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise CharloomError(f"--threads must be an integer >= 1, not {threads!r}")
+    check_tls(ssl_certfile, ssl_keyfile)
+    keys = ApiKeys.gather(api_key_file, warn=say)
+    if keys is not None and no_auth:
+        raise CharloomError(
+            f"--no-auth contradicts the keys given (--api-key-file or {KEYS_ENV}): drop one"
+        )
     sock = bind(host, port)  # before the (slower) model load, so a busy port fails at once
     try:
+        if not is_loopback(sock) and keys is None and not no_auth:
+            raise CharloomError(
+                f"refusing to serve {host} without API keys (anyone who can reach it could use "
+                "the model): give --api-key-file FILE, or --no-auth to serve it open anyway"
+            )
         model = load(run, which=checkpoint, device=device)
     except BaseException:
         sock.close()
         raise
     torch.set_num_threads(threads or default_threads())
-    app = create_app(model, limits)
+    app = create_app(model, limits, keys=keys, access_log=access_log)
     # Everything alive now (torch, FastAPI, the model) lives as long as the server: freezing it
     # keeps the garbage collector's full passes from scanning it, which otherwise stalls every
     # request in flight for a tenth of a second now and then.
@@ -102,18 +173,30 @@ def serve(
     config = uvicorn.Config(
         app,
         log_level="info" if access_log else "warning",
-        access_log=access_log,
+        log_config=log_config(access_log),
+        access_log=False,  # ours (clients.AccessLog) names the key; uvicorn's cannot
         limit_concurrency=limits.max_connections,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=3,
         server_header=False,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
-    if host in ("0.0.0.0", "::"):
-        say(
-            "charloom: warning: listening on all interfaces: anyone who can reach this machine "
-            "can use the model"
-        )
-    say(f"charloom: serving {model.path} at {url(host, port)} (API docs: {url(host, port)}docs)")
+    if not is_loopback(sock):
+        if keys is None:
+            say(
+                f"charloom: warning: serving {host} with --no-auth: anyone who can reach this "
+                "port can use the model"
+            )
+        elif ssl_certfile is None:
+            say(
+                "charloom: warning: without --ssl-certfile the keys and the text cross the "
+                "network unencrypted"
+            )
+    if keys is not None:
+        say(f"charloom: {len(keys)} API key(s); requests need 'Authorization: Bearer KEY'")
+    where = url(host, port, tls=ssl_certfile is not None)
+    say(f"charloom: serving {model.path} at {where} (API docs: {where}docs)")
     say("charloom: press Ctrl-C to stop")
     try:
         uvicorn.Server(config).run(sockets=[sock])
