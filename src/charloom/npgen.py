@@ -200,16 +200,16 @@ class NumpyGenerator:
         ``stopped (B,)``) stops: its later ids are all ``end``, and once every stream has
         stopped the block ends without stepping further (as the other engines do)."""
         drawn = np.empty(uniforms.shape, np.int64)
-        stop = None
+        stop, end_id = None, -1 if end is None else int(end)
         if end is not None:
             stop = np.zeros(len(logits), bool) if stopped is None else np.array(stopped, bool)
         for t, u in enumerate(uniforms):
             ids = pick(logits, settings, u)
             if stop is not None:
-                ids[stop] = end
-                stop |= ids == end
+                ids[stop] = end_id
+                stop |= ids == end_id
                 if stop.all():
-                    drawn[t:] = end
+                    drawn[t:] = end_id
                     return drawn, state, logits
             drawn[t] = ids
             state, logits = self.step(state, ids)
