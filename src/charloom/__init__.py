@@ -4,21 +4,27 @@ The Python API in a few names::
 
     import charloom
     config = charloom.preset_config("tiny", iters=300)
-    result = charloom.train(config, paths=["my.txt"], out="runs/mine")
-    model = charloom.load("runs/mine")
-    print(model.sample(prime="Th", length=200)[0])
-    print(model.evaluate(open("held-out.txt").read()).bpc)
+    run = charloom.train(config, paths=["my.txt"], out="runs/mine")
+    print(run.sample(prime="Th", length=200)[0])
+    print(run.eval(open("held-out.txt").read()).bpc)
+    run.plot()                      # the loss curves, a matplotlib Figure
+    run = charloom.load("runs/mine")  # the same object, later
+
+``charloom.train`` and ``charloom.load`` return a :class:`Run` (see ``run.py``), which is a
+:class:`CharModel` with its run directory. ``Trainer``, ``load_trainer`` and ``TrainResult``
+are the lower-level loop behind them.
 """
 
 from ._version import __version__
-from .charmodel import CharModel, load
+from .charmodel import CharModel
 from .config import TrainConfig
 from .errors import CharloomError
 from .evaluate import EvalResult
 from .model import CharRNN, ModelConfig
 from .prepared import prepare
 from .presets import preset_config
-from .train import Trainer, TrainResult, load_trainer, train
+from .run import Run, load, train
+from .train import Trainer, TrainResult, load_trainer
 from .vocab import Vocab
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "CharloomError",
     "EvalResult",
     "ModelConfig",
+    "Run",
     "TrainConfig",
     "TrainResult",
     "Trainer",

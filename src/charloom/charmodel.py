@@ -38,6 +38,19 @@ class CharModel:
         """What config.json records about training: iterations, losses, text source."""
         return self.meta.get("training") or {}
 
+    def info(self) -> dict:
+        """What the checkpoint holds, as ``charloom info --json`` prints it: its folder, the
+        charloom version that wrote it, the model settings, the parameter count, the
+        vocabulary and the training summary."""
+        return {
+            "checkpoint": str(self.path),
+            "charloom_version": self.meta.get("charloom_version"),
+            "model": self.config.to_dict(),
+            "parameters": self.model.num_parameters(),
+            "vocab": {"kind": self.vocab.kind, "size": self.vocab.size, "ascii": self.ascii},
+            "training": self.training,
+        }
+
     def normalise(self, text: str) -> str:
         """``text`` as the model saw its training text (ASCII-normalised if it was)."""
         return normalise_ascii(text) if self.ascii else text
