@@ -32,15 +32,22 @@ def test_a_notebook_is_committed_without_outputs_and_with_a_parameter_cell(path)
 
 
 def _outputs(nb) -> list[tuple[list[str], dict]]:
-    return [(c.metadata.get("tags", []), o) for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    return [
+        (c.metadata.get("tags", []), o)
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_a_notebook_runs_from_a_clean_kernel(path, tmp_path, monkeypatch):
     monkeypatch.setenv("CHARLOOM_NOTEBOOK_QUICK", "1")
-    # The kernel inherits the environment: charloom from this tree, one thread per library.
+    # The kernel inherits the environment: charloom from this tree.
     src = str(Path(__file__).resolve().parents[1] / "src")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    )
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

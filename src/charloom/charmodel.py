@@ -134,6 +134,9 @@ def load(path: str | os.PathLike, which: str = ckpt.BEST, device: str = "cpu") -
     """Load a run directory (its ``best`` checkpoint, else ``latest``) or a checkpoint folder."""
     folder = ckpt.resolve_checkpoint(path, which)
     checkpoint = ckpt.load_checkpoint(folder)
-    model = checkpoint.build_model(resolve_device(device))
+    # Building the model draws initial weights (then replaced by the saved ones) from torch's
+    # global generator: draw them from a fork, so the caller's random state stays as it was.
+    with torch.random.fork_rng(devices=[]):
+        model = checkpoint.build_model(resolve_device(device))
     model.eval()
     return CharModel(model, checkpoint.vocab, checkpoint.ascii, checkpoint.meta, folder)

@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +225,10 @@ def _finish(
     """Run ``go`` and open the run it trained, interrupted or not."""
     note = None
     try:
-        run_dir = go().run_dir
+        # Modules imported on first use may add warning filters (torch's optimisers import
+        # sympy, which does): the caller's filters come back afterwards.
+        with warnings.catch_warnings():
+            run_dir = go().run_dir
     except TrainingInterrupted as exc:
         run_dir = Path(exc.run_dir)
         note = f"interrupted at iteration {exc.iteration}; checkpoint saved: run.resume() continues"
@@ -312,7 +316,8 @@ def train(
 def load(path: str | os.PathLike, which: str = ckpt.BEST, device: str = "cpu") -> Run:
     """Open a run directory (its ``best`` checkpoint, else ``latest``; ``which="latest"`` for
     the last one) or a checkpoint folder as a :class:`Run`."""
-    model = load_model(path, which, device)
+    with warnings.catch_warnings():  # the caller's filters stay: see _finish
+        model = load_model(path, which, device)
     folder = model.path
     inside = folder.name.removesuffix(".old") in (rundir.LATEST, rundir.BEST)
     run_dir = folder.parent if inside and rundir.looks_like_run(folder.parent) else None
