@@ -211,11 +211,11 @@ def test_an_interrupt_before_any_checkpoint_is_raised(tmp_path, small_text):
 
 def test_a_second_signal_raises_when_asked_and_the_handlers_come_back():
     before = signal.getsignal(signal.SIGINT)
-    request = StopRequest()
-    with pytest.raises(KeyboardInterrupt), stop_on_signals(request, False, second="raise"):
+    request = StopRequest(second="raise")
+    with pytest.raises(KeyboardInterrupt), stop_on_signals(request, False):
         signal.raise_signal(signal.SIGINT)
         assert request.signum == signal.SIGINT
         signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(ValueError, match="second"), stop_on_signals(request, second="never"):
+    with pytest.raises(ValueError, match="second"), stop_on_signals(StopRequest(second="no")):
         pass

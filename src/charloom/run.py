@@ -195,7 +195,7 @@ class Run(CharModel):
         trainer = load_trainer(
             self.run_dir, overrides or None, text, console=console, progress_bar=progress_bar
         )
-        trainer.second_signal = "raise"
+        trainer.stop.second = "raise"  # see signals.StopRequest
         for event, fns in (callbacks or {}).items():
             for fn in fns:
                 trainer.add_callback(event, _stop_on_interrupt(fn))
@@ -286,7 +286,7 @@ def train(
 
     def setup(t: Trainer) -> None:
         seen.append(t)
-        t.second_signal = "raise"  # a second interrupt must not end the notebook's kernel
+        t.stop.second = "raise"  # a second interrupt must not end the notebook's kernel
 
     hooks: dict[str, list[Callback]] = {"start": [setup]}
     for event, fns in (callbacks or {}).items():

@@ -22,28 +22,28 @@ SECOND_SIGNAL = ("exit", "raise")
 
 @dataclass
 class StopRequest:
-    """The signal that asked the run to stop (``None``: none yet)."""
+    """The signal that asked the run to stop (``None``: none yet), and what a second one does:
+    ``"exit"`` leaves the process at once (the command line), ``"raise"`` raises
+    ``KeyboardInterrupt`` (the Python API: a notebook's kernel survives)."""
 
     signum: int | None = None
+    second: str = "exit"
 
 
 @contextmanager
-def stop_on_signals(
-    request: StopRequest, announce: bool = True, second: str = "exit"
-) -> Iterator[StopRequest]:
+def stop_on_signals(request: StopRequest, announce: bool = True) -> Iterator[StopRequest]:
     """Within the block, SIGINT/SIGTERM set ``request.signum`` instead of raising (``announce``:
-    say so on stderr). A second signal leaves at once: ``second="exit"`` ends the process,
-    ``"raise"`` raises ``KeyboardInterrupt``. Outside the main thread signals cannot be caught:
-    nothing changes."""
-    if second not in SECOND_SIGNAL:
-        raise ValueError(f"second must be one of {SECOND_SIGNAL}, not {second!r}")
+    say so on stderr); a second signal leaves at once, as ``request.second`` says. Outside the
+    main thread signals cannot be caught: nothing changes."""
+    if request.second not in SECOND_SIGNAL:
+        raise ValueError(f"second must be one of {SECOND_SIGNAL}, not {request.second!r}")
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
 
     def handler(signum: int, frame: object) -> None:
         if request.signum is not None:
-            if second == "raise":
+            if request.second == "raise":
                 raise KeyboardInterrupt
             os._exit(128 + signum)
         request.signum = signum

@@ -97,7 +97,6 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
         self.sizing_note: str | None = None  # how the model was sized for a --time budget
-        self.second_signal = "exit"  # a second Ctrl-C: leave the process ("raise": the API's)
         self._prime = self._training_prime()
 
     # what callbacks read ------------------------------------------------------------------
@@ -277,7 +276,7 @@ class Trainer:
         with (
             torch_threads(self.config.threads),
             self.rng.active(),
-            stop_on_signals(self.stop, announce=self.is_main, second=self.second_signal),
+            stop_on_signals(self.stop, announce=self.is_main),
         ):
             if self.dist is None:
                 return self._loop(stop_at)
