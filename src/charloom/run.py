@@ -81,7 +81,8 @@ class Run(CharModel):
 
     @property
     def elapsed(self) -> float:
-        """Seconds of training (evaluations and checkpoints included)."""
+        """Seconds of training, evaluations and checkpoints included (as the last checkpoint
+        recorded them; for the run ``train`` or ``resume`` returns, until training ended)."""
         return self._figure("elapsed_s") or 0.0
 
     @property
@@ -223,12 +224,13 @@ def _finish(
     console: bool,
 ) -> Run:
     """Run ``go`` and open the run it trained, interrupted or not."""
-    note = None
+    note, result = None, None
     try:
         # Modules imported on first use may add warning filters (torch's optimisers import
         # sympy, which does): the caller's filters come back afterwards.
         with warnings.catch_warnings():
-            run_dir = go().run_dir
+            result = go()
+        run_dir = result.run_dir
     except TrainingInterrupted as exc:
         run_dir = Path(exc.run_dir)
         note = f"interrupted at iteration {exc.iteration}; checkpoint saved: run.resume() continues"
@@ -241,6 +243,9 @@ def _finish(
         note = "interrupted twice: the run as of its last checkpoint; run.resume() continues"
     run = load(run_dir)
     run.note, run._text = note, text
+    if result is not None:
+        # The last checkpoint may be written before the final evaluation's time is counted.
+        run.summary = {**run.summary, "elapsed_s": round(result.elapsed, 3)}
     if note and console:
         print(f"charloom: {note}", file=sys.stderr, flush=True)
     return run
