@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from conftest import tiny_overrides
@@ -58,3 +59,65 @@ def test_a_resumed_run_also_leaves_the_random_state(tmp_path, small_text):
     trainer.run()
     assert trainer.iteration == 4
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+_WORLD = """
+import logging, random, warnings
+import matplotlib
+import numpy as np
+import torch
+def world():
+    root = logging.getLogger()
+    named = logging.getLogger("charloom")
+    return {
+        "backend": matplotlib.get_backend(),
+        "threads": torch.get_num_threads(),
+        "torch_rng": torch.get_rng_state().tolist(),
+        "numpy_rng": repr(np.random.get_state()),
+        "random": random.getstate(),
+        "warnings": [repr(f) for f in warnings.filters],
+        "logging": (root.level, list(root.handlers), named.level, list(named.handlers),
+                    named.propagate, logging.root.manager.disable),
+    }
+"""
+
+
+def test_the_notebook_api_leaves_the_callers_world_as_it_found_it(tmp_path, small_text):
+    # A fresh interpreter: charloom's first import, training, sampling (with the compiled
+    # engine's background compilation), evaluation, plotting and the visualiser all happen
+    # after the caller has set things up, and change none of it.
+    script = (
+        _WORLD
+        + f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import make_text, tiny_overrides
+matplotlib.use("svg")
+torch.set_num_threads(1)
+torch.manual_seed(5); np.random.seed(6); random.seed(7)
+warnings.simplefilter("ignore", DeprecationWarning)
+warnings.filterwarnings("error", message="a filter of the caller's")
+logging.getLogger().setLevel(logging.CRITICAL)
+before = world()
+import charloom
+from charloom import fastgen
+text = make_text()
+cfg = charloom.preset_config("tiny", **tiny_overrides(iters=4, eval_every=2, sample_every=2))
+run = charloom.train(cfg, text=text, out={str(tmp_path / "r")!r})
+run.sample("Th", 20, seed=0)
+fastgen.prepare(wait=True)
+run.sample("Th", 20, seed=0, engine="auto")
+run.eval(text[:300])
+run.plot()
+run.plot(run, x="time")._repr_png_()
+run.viz(text[:200])._repr_html_()
+charloom.load({str(tmp_path / "r")!r}).history
+after = world()
+changed = [key for key in before if before[key] != after[key]]
+assert not changed, changed
+print("ok")
+"""
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

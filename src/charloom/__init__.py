@@ -4,10 +4,15 @@ The Python API in a few names::
 
     import charloom
     config = charloom.preset_config("tiny", iters=300)
-    result = charloom.train(config, paths=["my.txt"], out="runs/mine")
-    model = charloom.load("runs/mine")
-    print(model.sample(prime="Th", length=200)[0])
-    print(model.evaluate(open("held-out.txt").read()).bpc)
+    run = charloom.train(config, paths=["my.txt"], out="runs/mine")
+    print(run.sample(prime="Th", length=200)[0])
+    print(run.eval(open("held-out.txt").read()).bpc)
+    run.plot()                      # the loss curves, a matplotlib Figure
+    run = charloom.load("runs/mine")  # the same object, later
+
+``charloom.train`` and ``charloom.load`` return a :class:`Run` (see ``run.py``), which is a
+:class:`CharModel` with its run directory. ``Trainer``, ``load_trainer`` and ``TrainResult``
+are the lower-level loop behind them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from ._version import __version__
 # takes seconds, and ``charloom sample`` with the compiled engine never needs it.
 _HOMES = {
     "CharModel": "charmodel",
-    "load": "charmodel",
+    "Run": "run",
+    "load": "run",
     "TrainConfig": "config",
     "CharloomError": "errors",
     "EvalResult": "evaluate",
@@ -34,19 +40,20 @@ _HOMES = {
     "Trainer": "train",
     "TrainResult": "train",
     "load_trainer": "train",
-    "train": "train",
+    "train": "run",
     "Vocab": "vocab",
 }
 
 if TYPE_CHECKING:
-    from .charmodel import CharModel, load
+    from .charmodel import CharModel
     from .config import TrainConfig
     from .errors import CharloomError
     from .evaluate import EvalResult
     from .model import CharRNN, ModelConfig
     from .prepared import prepare
     from .presets import preset_config
-    from .train import Trainer, TrainResult, load_trainer, train
+    from .run import Run, load, train
+    from .train import Trainer, TrainResult, load_trainer
     from .vocab import Vocab
 
 
@@ -85,6 +92,7 @@ __all__ = [
     "CharloomError",
     "EvalResult",
     "ModelConfig",
+    "Run",
     "TrainConfig",
     "TrainResult",
     "Trainer",

@@ -41,6 +41,19 @@ class CharModel:
         """What config.json records about training: iterations, losses, text source."""
         return self.meta.get("training") or {}
 
+    def info(self) -> dict:
+        """What the checkpoint holds, as ``charloom info --json`` prints it: its folder, the
+        charloom version that wrote it, the model settings, the parameter count, the
+        vocabulary and the training summary."""
+        return {
+            "checkpoint": str(self.path),
+            "charloom_version": self.meta.get("charloom_version"),
+            "model": self.config.to_dict(),
+            "parameters": self.model.num_parameters(),
+            "vocab": {"kind": self.vocab.kind, "size": self.vocab.size, "ascii": self.ascii},
+            "training": self.training,
+        }
+
     def normalise(self, text: str) -> str:
         """``text`` as the model saw its training text (ASCII-normalised if it was)."""
         return normalise_ascii(text) if self.ascii else text
@@ -132,6 +145,9 @@ def load(path: str | os.PathLike, which: str = ckpt.BEST, device: str = "cpu") -
     """Load a run directory (its ``best`` checkpoint, else ``latest``) or a checkpoint folder."""
     folder = ckpt.resolve_checkpoint(path, which)
     checkpoint = ckpt.load_checkpoint(folder)
-    model = checkpoint.build_model(resolve_device(device))
+    # Building the model draws initial weights (then replaced by the saved ones) from torch's
+    # global generator: draw them from a fork, so the caller's random state stays as it was.
+    with torch.random.fork_rng(devices=[]):
+        model = checkpoint.build_model(resolve_device(device))
     model.eval()
     return CharModel(model, checkpoint.vocab, checkpoint.ascii, checkpoint.meta, folder)

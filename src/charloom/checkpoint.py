@@ -320,6 +320,13 @@ def read_settings(path: Path) -> tuple[ModelConfig, Vocab, dict]:
     return parse_config(_read_json(path / CONFIG_FILE, "config"), path / CONFIG_FILE)
 
 
+def read_meta(path: str | os.PathLike) -> dict:
+    """What checkpoint folder ``path``'s config.json records besides the model and vocabulary
+    (its ``training`` summary, version, text settings), without loading any weights."""
+    path = Path(path)
+    return parse_config(_read_json(path / CONFIG_FILE, "config"), path / CONFIG_FILE)[2]
+
+
 def load_checkpoint(path: Path, with_state: bool = False) -> Checkpoint:
     """Load checkpoint folder ``path``; ``with_state`` also loads the training state."""
     path = Path(path)

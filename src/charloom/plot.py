@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -42,18 +44,30 @@ def _series(records: list[dict], key: str, x: str = "iter") -> tuple[list[float]
     return xs, [points[v] for v in xs]
 
 
-def _figure(
-    show_lr: bool, size: tuple[float, float] = (7, 5)
-) -> tuple[Figure, Axes, Axes | None]:
-    # A Figure of its own, not pyplot's: drawing never touches the caller's backend or
-    # pyplot's list of open figures (a notebook's inline plots stay as they were).
+@functools.cache
+def _figure_class() -> type[Figure]:
+    """``Figure`` with a ``_repr_png_``: Jupyter shows it inline even when pyplot was never
+    imported (IPython registers its own figure formatter only with pyplot's inline backend)."""
     from matplotlib.figure import Figure
 
+    class InlineFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=100)
+            return buffer.getvalue()
+
+    return InlineFigure
+
+
+def _figure(show_lr: bool, size: tuple[float, float] = (7, 5)) -> tuple[Figure, Axes, Axes | None]:
+    # A Figure of its own, not pyplot's: drawing never touches the caller's backend or
+    # pyplot's list of open figures (a notebook's inline plots stay as they were).
+    figure = _figure_class()
     if show_lr:
-        fig = Figure(figsize=size)
+        fig = figure(figsize=size)
         ax, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     else:
-        fig = Figure(figsize=(size[0], size[1] * 0.8))
+        fig = figure(figsize=(size[0], size[1] * 0.8))
         ax, ax_lr = fig.subplots(), None
     return fig, ax, ax_lr
 

@@ -309,7 +309,7 @@ def _put_in_place(tmp: Path, out: Path) -> None:
 
 def _progress(pieces: Iterator[str], total: int | None, what: str, encoding: str):
     """``pieces``, with a progress bar in input bytes on an interactive stderr."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter (with ipywidgets), text elsewhere
 
     ascii_like = encoding.lower().replace("-", "").replace("_", "") in ("utf8", "ascii", "latin1")
     with tqdm(

@@ -168,7 +168,8 @@ class Console:
         if note:
             self.write(f"charloom: {note}")
         if self.use_bar:
-            from tqdm import tqdm
+            # tqdm.auto: a widget in Jupyter when ipywidgets is installed, text elsewhere.
+            from tqdm.auto import tqdm
 
             if cfg.time is not None:
                 self.bar = tqdm(

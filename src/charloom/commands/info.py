@@ -25,14 +25,7 @@ def run(args: argparse.Namespace) -> int:
     m = load(args.run, which=args.checkpoint)
     cfg = m.config
     tr = m.training
-    info = {
-        "checkpoint": str(m.path),
-        "charloom_version": m.meta.get("charloom_version"),
-        "model": cfg.to_dict(),
-        "parameters": m.model.num_parameters(),
-        "vocab": {"kind": m.vocab.kind, "size": m.vocab.size, "ascii": m.ascii},
-        "training": tr,
-    }
+    info = m.info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

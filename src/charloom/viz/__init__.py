@@ -12,6 +12,7 @@ and the unit ranking), :mod:`.page` (the data and the HTML).
 """
 
 from .features import Feature, Finding, rank_units, text_features
+from .inline import InlinePage, inline_page
 from .page import (
     DEFAULT_MAX_CHARS,
     MAX_CHARS,
@@ -19,6 +20,7 @@ from .page import (
     page_data,
     prepare_text,
     render_page,
+    write_html,
     write_page,
 )
 from .trace import Trace, trace_ids
@@ -28,13 +30,16 @@ __all__ = [
     "MAX_CHARS",
     "Feature",
     "Finding",
+    "InlinePage",
     "PageSummary",
     "Trace",
+    "inline_page",
     "page_data",
     "prepare_text",
     "rank_units",
     "render_page",
     "text_features",
     "trace_ids",
+    "write_html",
     "write_page",
 ]

@@ -356,6 +356,21 @@ def write_page(
     options.setdefault("title", str(run))
     data = page_data(model, text, **options)
     page = render_page(data)
+    out = write_html(page, out)
+    return PageSummary(
+        path=out,
+        chars=data["text"]["steps"],
+        truncated=data["text"]["truncated"],
+        units=sum(len(s["units"]) for s in data["states"]),
+        mean_bits=data["mean_bits"],
+        predicted=data["predicted"],
+        bytes=len(page.encode("utf-8")),
+        skipped=data["text"]["skipped"],
+    )
+
+
+def write_html(page: str, out: str | os.PathLike) -> Path:
+    """Write the HTML ``page`` to file ``out`` atomically (a reader never sees half a page)."""
     out = Path(out)
     if out.is_dir():
         raise CharloomError(f"{str(out)!r} is a folder; give a file name such as page.html")
@@ -368,13 +383,4 @@ def write_page(
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise CharloomError(f"cannot write {str(out)!r}: {exc.strerror or exc}") from None
-    return PageSummary(
-        path=out,
-        chars=data["text"]["steps"],
-        truncated=data["text"]["truncated"],
-        units=sum(len(s["units"]) for s in data["states"]),
-        mean_bits=data["mean_bits"],
-        predicted=data["predicted"],
-        bytes=len(page.encode("utf-8")),
-        skipped=data["text"]["skipped"],
-    )
+    return out
