@@ -156,7 +156,7 @@ def long_note(ids: np.ndarray, end: int, seq_len: int) -> str | None:
     )
 
 
-def starts(ids: np.ndarray, end: int, seq_len: int) -> np.ndarray:
+def portion_starts(ids: np.ndarray, end: int, seq_len: int) -> np.ndarray:
     """Where a portion of ``seq_len + 1`` ids may start so that it starts a document: every
     end symbol (the start marker of the document after it), and inside a document longer than
     ``seq_len`` every ``seq_len`` ids further (its pieces). Only starts with a whole portion

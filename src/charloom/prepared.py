@@ -150,7 +150,7 @@ class _Encoder:
         self.vocab, self.dtype = vocab, ids_dtype(vocab)
         if vocab.kind != "bytes":
             self._table = np.full(_CODE_POINTS, -1, dtype=np.int32)
-            self._table[[ord(c) for c in vocab.chars]] = np.arange(vocab.size, dtype=np.int32)
+            self._table[[ord(c) for c in vocab.chars]] = np.arange(vocab.chars_size, dtype=np.int32)
 
     def __call__(self, text: str) -> np.ndarray:
         """``(n,)`` ids of ``text`` (bytes vocabulary: its ``n`` UTF-8 bytes)."""

@@ -74,6 +74,7 @@ class SampleStream:
         settings: SampleSettings | None = None,
         num_samples: int = 1,
         seed: int | None = None,
+        end: int | None = None,
     ) -> None:
         settings = settings or SampleSettings()
         settings.validate()
@@ -85,10 +86,14 @@ class SampleStream:
         ):
             raise CharloomError(f"seed must be an integer in 0..2^63-1, not {seed!r}")
         if isinstance(prime, str):
-            prime = encode_prime(vocab, prime)
-        if len(prime) == 0:
+            prime = encode_prime(vocab, prime) if prime or end is None else []
+        if len(prime) == 0 and end is None:
             raise CharloomError("the prime must hold at least one character")
-        self.prime_ids = [int(i) for i in prime]
+        #: Documents mode: the end-of-document id; each sample is one document, started from
+        #: the end symbol (the start marker) and the prime, and stopped when it draws the
+        #: symbol again (or at ``length`` characters, the cap).
+        self.end = end
+        self.prime_ids = ([end] if end is not None else []) + [int(i) for i in prime]
         self.length = length
         self.settings = settings
         self.num_samples = num_samples
@@ -98,11 +103,23 @@ class SampleStream:
         self.uniforms = Uniforms(num_samples, seeded_generator(seed))
         self.decoders = [vocab.decoder() for _ in range(num_samples)]
         self.counts = [0] * num_samples  # new characters made so far, per sample
+        #: Documents mode: which samples drew the end symbol (ended by themselves), and the
+        #: ids each drew before it (what ``--novel`` fingerprints).
+        self.ended = [False] * num_samples
+        self.drawn: list[list[int]] = [[] for _ in range(num_samples)]
 
     @property
     def done(self) -> bool:
-        """Whether every sample has its ``length`` characters (at once for ``length`` 0)."""
-        return min(self.counts) >= self.length
+        """Whether every sample has its ``length`` characters or, in documents mode, its end
+        (at once for ``length`` 0)."""
+        return all(self._finished(i) for i in range(self.num_samples))
+
+    def _finished(self, i: int) -> bool:
+        return self.ended[i] or self.counts[i] >= self.length
+
+    def stopped(self) -> torch.Tensor:
+        """``(num_samples,)`` bool: the samples that need no more ids (what an engine skips)."""
+        return torch.tensor([self._finished(i) for i in range(self.num_samples)])
 
     @torch.no_grad()
     def start(self, model: CharRNN) -> tuple[State, torch.Tensor]:
@@ -123,6 +140,14 @@ class SampleStream:
         multi-byte character completes in bytes mode, and always empty once a sample is done)."""
         out = []
         for i, tokens in enumerate(ids.T.tolist()):
+            if self._finished(i):
+                out.append("")
+                continue
+            if self.end is not None:
+                if self.end in tokens:
+                    tokens = tokens[: tokens.index(self.end)]
+                    self.ended[i] = True
+                self.drawn[i].extend(tokens)
             left = self.length - self.counts[i]
             piece = self.decoders[i].feed(tokens)[:left] if left > 0 else ""
             self.counts[i] += len(piece)
@@ -165,20 +190,40 @@ class TorchGenerator:
         logits: torch.Tensor,
         uniforms: torch.Tensor,
         settings: SampleSettings,
+        end: int | None = None,
+        stopped: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Draw ``uniforms.shape[0]`` characters for each of B streams from ``logits (B, V)``
         and ``state`` (tuple of ``(L, B, H)``), with ``uniforms (steps, B)``. Returns the ids
-        ``(steps, B)``, the new state and the float logits after the last character."""
+        ``(steps, B)``, the new state and the float logits after the last character.
+
+        ``end``: the end-of-document id. A stream that draws it (or is in ``stopped (B,)``
+        bool) stops: its later ids are all ``end``, and once every stream has stopped the
+        block ends without stepping the model further."""
         m, cell, lstm = self.model, self._cell, self.model.is_lstm
         emb, head_w, head_b = m.embedding.weight, m.head.weight, m.head.bias
         with torch.no_grad():
             uniforms = uniforms.to(logits.device)  # one copy per block, not one per step
             hs = list(state[0].unbind(0))
             cs = list(state[1].unbind(0)) if lstm else hs
-            drawn = []
+            drawn: list[torch.Tensor] = []
+            stop = None
+            if end is not None:
+                stop = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+                if stopped is not None:
+                    stop |= stopped.to(logits.device)
             for u in uniforms:
                 nxt = pick(logits, settings, u)
-                drawn.append(nxt)
+                if stop is not None:
+                    nxt = nxt.masked_fill(stop, end)
+                    stop |= nxt == end
+                    drawn.append(nxt)
+                    if bool(stop.all()):
+                        rest = len(uniforms) - len(drawn)
+                        drawn.extend(torch.full_like(nxt, end) for _ in range(rest))
+                        break
+                else:
+                    drawn.append(nxt)
                 inp = F.embedding(nxt, emb)
                 for layer, weights in enumerate(self._weights):
                     if lstm:
@@ -289,13 +334,14 @@ def generate_blocks(
                 plan = "numba" if isinstance(gen, fastgen.FastGenerator) else "torch"
             n = min(block, left) if left > 0 else block
             u = stream.uniforms.take(n)
+            stop = (stream.end, stream.stopped()) if stream.end is not None else ()
             try:
-                ids, state, logits = gen.run(state, logits, u, stream.settings)
+                ids, state, logits = gen.run(state, logits, u, stream.settings, *stop)
             except Exception as exc:
                 if not isinstance(gen, fastgen.FastGenerator):
                     raise
                 gen, plan = _compiled_failed(model, engine, exc), "torch"
-                ids, state, logits = gen.run(state, logits, u, stream.settings)
+                ids, state, logits = gen.run(state, logits, u, stream.settings, *stop)
             yield ids
             if plan == "pending" and block == 1:
                 # After the first block, so importing numba (a second, holding the
@@ -337,14 +383,16 @@ def stream_samples(
     num_samples: int = 1,
     seed: int | None = None,
     engine: str = "auto",
+    end: int | None = None,
 ) -> Iterator[list[str]]:
     """Generate ``num_samples`` texts after ``prime``; yields one string per sample for each
     block of steps (one character per step with the torch engine, up to 64 with numba; possibly
     empty while a multi-byte character completes in bytes mode). Every sample ends after exactly
-    ``length`` new characters."""
+    ``length`` new characters, or, with ``end`` (documents mode), at the end of its document
+    if that comes first."""
     if not isinstance(prime, str):
         raise CharloomError("the prime must hold at least one character")
-    stream = SampleStream(vocab, prime, length, settings, num_samples, seed)
+    stream = SampleStream(vocab, prime, length, settings, num_samples, seed, end)
     if stream.done:
         return
     for block in generate_blocks(model, stream, engine):
@@ -362,10 +410,46 @@ def sample(
     num_samples: int = 1,
     seed: int | None = None,
     engine: str = "auto",
+    end: int | None = None,
 ) -> list[str]:
-    """``num_samples`` texts, each the prime followed by exactly ``length`` new characters."""
+    """``num_samples`` texts, each the prime followed by exactly ``length`` new characters
+    (``end``: documents mode, each a document of at most ``length`` new characters)."""
     texts = [[prime] for _ in range(num_samples)]
-    for pieces in stream_samples(model, vocab, prime, length, settings, num_samples, seed, engine):
+    pieces_of = stream_samples(
+        model, vocab, prime, length, settings, num_samples, seed, engine, end
+    )
+    for pieces in pieces_of:
         for t, p in zip(texts, pieces):
             t.append(p)
     return ["".join(t) for t in texts]
+
+
+def sample_documents(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str,
+    length: int,
+    settings: SampleSettings | None = None,
+    num_samples: int = 1,
+    seed: int | None = None,
+    engine: str = "auto",
+) -> list[tuple[str, bool, list[int]]]:
+    """``num_samples`` documents from a documents-mode model: each the prime (may be empty)
+    and what follows up to the end symbol or ``length`` new characters (the cap). For each:
+    its text, whether it ended by itself, and its ids (prime included) without the end."""
+    if vocab.end is None:
+        raise CharloomError("this model was not trained in documents mode")
+    if not isinstance(prime, str):
+        raise CharloomError("the prime must be a text")
+    stream = SampleStream(vocab, prime, length, settings, num_samples, seed, vocab.end)
+    texts = [[prime] for _ in range(num_samples)]
+    if not stream.done:
+        for block in generate_blocks(model, stream, engine):
+            for t, piece in zip(texts, stream.take(block)):
+                t.append(piece)
+            if stream.done:
+                break
+    head = stream.prime_ids[1:]
+    return [
+        ("".join(t), stream.ended[i], head + stream.drawn[i]) for i, t in enumerate(texts)
+    ]
