@@ -258,9 +258,10 @@ def names_run(tmp_path_factory):
 def test_documents_run_records_the_mode_and_samples_documents(names_run, capsys):
     run, _, names = names_run
     config = json.loads((run / "best" / "config.json").read_text())
-    assert config["text"]["documents"] == "lines" and config["vocab"]["end"] == config[
-        "vocab"
-    ]["size"] - 1
+    assert (
+        config["text"]["documents"] == "lines"
+        and config["vocab"]["end"] == config["vocab"]["size"] - 1
+    )
     assert (run / HASHES_FILE).is_file()
     model = charloom.load(run)
     texts = model.sample(num_samples=8, length=40, seed=1, engine="torch")

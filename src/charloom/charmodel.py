@@ -12,10 +12,10 @@ import torch
 from . import checkpoint as ckpt
 from .corpus import normalise_ascii
 from .device import resolve_device
+from .documents import HASHES_FILE, fingerprint, read_fingerprints, split_text
 from .errors import CharloomError
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN, ModelConfig
-from .documents import HASHES_FILE, fingerprint, read_fingerprints, split_text
 from .sample import SampleSettings, sample, sample_documents, stream_samples
 from .vocab import UNKNOWN_CHOICES, Vocab
 
@@ -98,7 +98,15 @@ class CharModel:
         documents = self.vocab.end is not None if documents is None else documents
         if documents or novel:
             return self.documents(
-                prime, length, temperature, top_k, top_p, greedy, num_samples, seed, engine,
+                prime,
+                length,
+                temperature,
+                top_k,
+                top_p,
+                greedy,
+                num_samples,
+                seed,
+                engine,
                 novel=novel,
             ).texts
         settings = SampleSettings(temperature, top_k, top_p, greedy)
@@ -218,9 +226,7 @@ class CharModel:
         result.end_symbols = ends if result.chars else 0
         return result
 
-    def _known_documents(
-        self, docs: list[str], unknown: str, advice: str
-    ) -> tuple[list[str], int]:
+    def _known_documents(self, docs: list[str], unknown: str, advice: str) -> tuple[list[str], int]:
         """``docs`` checked against the vocabulary (see :meth:`read_text`), and how many
         characters were dropped; documents left empty are left out."""
         if unknown not in UNKNOWN_CHOICES:

@@ -10,13 +10,23 @@ import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .config import TrainConfig
 from .corpus import AsciiNormaliser, TextSource, expand_paths, iter_text, normalise_ascii, read_text
-from .documents import SplitCounts, long_note, split_pieces, split_text
+from .documents import (
+    HASHES_FILE,
+    SplitCounts,
+    fingerprints,
+    long_note,
+    portion_starts,
+    split_pieces,
+    split_text,
+    write_fingerprints,
+)
 from .errors import CharloomError
 from .prepared import MAX_EVAL_CHARS, PreparedCorpus, find_prepared
 from .vocab import Vocab
@@ -41,6 +51,23 @@ class TrainData:
     @property
     def has_validation(self) -> bool:
         return len(self.val) >= MIN_VAL_CHARS
+
+    def portion_starts(self, seq_len: int) -> torch.Tensor | None:
+        """Documents mode: where training portions start (documents' starts, and pieces of
+        long documents), ``(k,)``; None otherwise (anywhere)."""
+        if self.vocab.end is None:
+            return None
+        return torch.from_numpy(portion_starts(self.train.numpy(), self.vocab.end, seq_len))
+
+    def write_fingerprints(self, run_dir: str | os.PathLike) -> None:
+        """Documents mode: keep the fingerprints of every document of the text in
+        ``run_dir``, for ``sample --novel`` (the training and validation parts: the whole
+        text; of prepared data, what is read of it)."""
+        if self.vocab.end is None:
+            return
+        ids = torch.cat([self.train, self.val]).numpy()
+        os.makedirs(run_dir, exist_ok=True)
+        write_fingerprints(Path(run_dir) / HASHES_FILE, fingerprints(ids, self.vocab.end))
 
 
 def validation_size(n: int, val_fraction: float) -> int:
@@ -127,9 +154,7 @@ def document_cut(ids: np.ndarray, cut: int, end: int, window: int = MAX_EVAL_CHA
     return lo + int(before[-1]) if len(before) else cut
 
 
-def read_documents(
-    config: TrainConfig, source: TextSource
-) -> tuple[list[str], SplitCounts, int]:
+def read_documents(config: TrainConfig, source: TextSource) -> tuple[list[str], SplitCounts, int]:
     """The documents of ``source``'s files, each file read on its own (in ``files`` mode a
     file is one document), normalised as ``config`` says; and the characters read."""
     read = 0

@@ -39,9 +39,7 @@ _BLANK = re.compile(r"\n(?:[ \t\r\f\v]*\n)+")
 def check_mode(mode: str) -> None:
     """Refuse a ``--documents`` value that is not one of :data:`DOCUMENT_MODES`."""
     if mode not in DOCUMENT_MODES:
-        raise CharloomError(
-            f"--documents must be one of {', '.join(DOCUMENT_MODES)}, not {mode!r}"
-        )
+        raise CharloomError(f"--documents must be one of {', '.join(DOCUMENT_MODES)}, not {mode!r}")
 
 
 @dataclass
@@ -57,9 +55,7 @@ class SplitCounts:
         """One line for each thing a user should know about the split."""
         out = []
         if self.empty:
-            out.append(
-                f"note: skipped {self.empty:,} empty document(s) (blank {_UNIT[mode]}s)"
-            )
+            out.append(f"note: skipped {self.empty:,} empty document(s) (blank {_UNIT[mode]}s)")
         if mode in ("lines", "paragraphs") and self.breaks == 0 and self.documents == 1:
             what = "no line break" if mode == "lines" else "no blank line"
             out.append(f"note: the text has {what}, so it is one document")

@@ -256,8 +256,9 @@ def prepare(
         """Each file's text in pieces (normalised per file), for splitting into documents."""
         for one in [None] if corpus else files:
             pieces = (
-                iter([load_builtin(corpus)]) if one is None
-                else iter_text([one], encoding, errors, chunk_bytes)
+                iter([load_builtin(corpus)])
+                if corpus
+                else iter_text([str(one)], encoding, errors, chunk_bytes)
             )
             if ascii:
                 normaliser = AsciiNormaliser()
@@ -300,7 +301,7 @@ def prepare(
             "length": length,
             "sha256": digest,
             "documents": documents,
-            "split": {"documents": counts.documents, "empty": counts.empty, "breaks": counts.breaks},
+            "split": {"documents": counts.documents, "empty": counts.empty},
             "source": {
                 "paths": list(files),
                 "corpus": corpus,

@@ -207,7 +207,7 @@ class TorchGenerator:
             hs = list(state[0].unbind(0))
             cs = list(state[1].unbind(0)) if lstm else hs
             drawn: list[torch.Tensor] = []
-            stop = None
+            stop, end_id = None, -1 if end is None else end
             if end is not None:
                 stop = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
                 if stopped is not None:
@@ -215,12 +215,12 @@ class TorchGenerator:
             for u in uniforms:
                 nxt = pick(logits, settings, u)
                 if stop is not None:
-                    nxt = nxt.masked_fill(stop, end)
-                    stop |= nxt == end
+                    nxt = nxt.masked_fill(stop, end_id)
+                    stop |= nxt == end_id
                     drawn.append(nxt)
                     if bool(stop.all()):
                         rest = len(uniforms) - len(drawn)
-                        drawn.extend(torch.full_like(nxt, end) for _ in range(rest))
+                        drawn.extend(torch.full_like(nxt, end_id) for _ in range(rest))
                         break
                 else:
                     drawn.append(nxt)
@@ -450,6 +450,4 @@ def sample_documents(
             if stream.done:
                 break
     head = stream.prime_ids[1:]
-    return [
-        ("".join(t), stream.ended[i], head + stream.drawn[i]) for i, t in enumerate(texts)
-    ]
+    return [("".join(t), stream.ended[i], head + stream.drawn[i]) for i, t in enumerate(texts)]

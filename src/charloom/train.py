@@ -26,7 +26,6 @@ from .batches import make_batches
 from .config import TrainConfig, check_resume_overrides
 from .corpus import TextSource
 from .data import TrainData, load_data, reload_data
-from .documents import HASHES_FILE, fingerprints, portion_starts, write_fingerprints
 from .device import PrivateRng, check_precision, resolve_device, resolve_precision, torch_threads
 from .errors import CharloomError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate_ids
@@ -80,10 +79,7 @@ class Trainer:
                 # Dropout masks differ between ranks as between rows of one batch.
                 torch.manual_seed(rank_seed(cfg.seed, self.dist.rank))
         self.step = TrainStep(cfg, self.model, self.device, self.dist)
-        starts = None
-        if data.vocab.end is not None and cfg.batching == "portions":
-            ids = data.train.numpy()
-            starts = torch.from_numpy(portion_starts(ids, data.vocab.end, cfg.seq_len))
+        starts = data.portion_starts(cfg.seq_len) if cfg.batching == "portions" else None
         self.batches = make_batches(
             cfg.batching, data.train, cfg.batch_size, cfg.seq_len, cfg.seed + 1, starts
         )
@@ -203,16 +199,6 @@ class Trainer:
             "best_iteration": self.best_iter,
             "source": self.data.source.to_dict() if self.data.source else None,
         }
-
-    def write_fingerprints(self) -> None:
-        """Documents mode: keep the fingerprints of every document of the text in the run
-        directory, for ``sample --novel`` (train and validation parts: the whole text)."""
-        end = self.data.vocab.end
-        if end is None or not self.is_main:
-            return
-        ids = torch.cat([self.data.train, self.data.val]).numpy()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_fingerprints(self.run_dir / HASHES_FILE, fingerprints(ids, end))
 
     def _config_json(self) -> dict:
         return ckpt.config_dict(
@@ -448,7 +434,8 @@ def train(
     if run_dir.exists() and overwrite and trainer.is_main:
         rundir.clear_run_dir(run_dir)
     trainer.sizing_note = sizing_note
-    trainer.write_fingerprints()
+    if trainer.is_main:
+        data.write_fingerprints(run_dir)  # documents mode: for sample --novel
     attach_reporting(trainer, console=console, bar=progress_bar)
     for event, fns in (callbacks or {}).items():
         for fn in fns:

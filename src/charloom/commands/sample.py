@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_checkpoint(s)
     add_device(s, "cpu")
     s.add_argument(
-        "--engine", choices=("auto", "torch", "numba"), default="auto",
+        "--engine",
+        choices=("auto", "torch", "numba"),
+        default="auto",
         help="generation loop: compiled with numba (auto: on the CPU, once compiled; torch "
         "meanwhile), or plain torch",
     )
@@ -108,9 +110,7 @@ def _documents(model, args: argparse.Namespace, kwargs: dict) -> int:
             f"charloom: --novel dropped {got.dropped} of {got.drawn} sample(s) drawn "
             f"(they are in the training text)"
             + (
-                f"; only {len(got.texts)} novel document(s) in {got.rounds} rounds"
-                if short
-                else ""
+                f"; only {len(got.texts)} novel document(s) in {got.rounds} rounds" if short else ""
             ),
             file=sys.stderr,
         )
