@@ -343,7 +343,12 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
             )
             if k in tr
         }
-        vocab_info = {"kind": vocab.kind, "size": vocab.size, "ascii": model.ascii}
+        vocab_info = {
+            "kind": vocab.kind,
+            "size": vocab.size,
+            "ascii": model.ascii,
+            "documents": model.documents_mode,
+        }
         if vocab.kind != "bytes" and vocab.size <= 4096:
             vocab_info["chars"] = "".join(vocab.chars)
         return {
@@ -381,10 +386,20 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
     )
     async def generate(req: GenerateRequest):  # type: ignore[valid-type]
         req = cast(GenerateParams, req)  # the run-time model has these fields
-        prime, prime_ids = prepare("prime", req.prime)
+        documents = vocab.end is not None if req.documents is None else req.documents
+        if documents and vocab.end is None:
+            msg = "this model was not trained in documents mode"
+            raise RequestValidationError(
+                [{"loc": ("body", "documents"), "type": "value_error", "msg": msg}]
+            )
+        prime, prime_ids = "", []
+        if req.prime or not documents:  # a document may start from nothing but its start
+            prime, prime_ids = prepare("prime", model.default_prime(req.prime))
         settings = SampleSettings(req.temperature, req.top_k, req.top_p, req.greedy)
         settings.validate()
-        job = GenerateJob(prime_ids, settings, req.length, req.num_samples, req.seed)
+        job = GenerateJob(
+            prime_ids, settings, req.length, req.num_samples, req.seed, documents=documents
+        )
         completions = [""] * req.num_samples
         started = time.perf_counter()
         if not req.stream:
@@ -395,6 +410,7 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
                 texts=[prime + c for c in completions],
                 completions=completions,
                 prime=prime,
+                ended=job.ended(),
                 length=req.length,
                 num_samples=req.num_samples,
                 seed=req.seed,
@@ -420,6 +436,7 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
                     {
                         "texts": [prime + c for c in completions],
                         "completions": completions,
+                        "ended": job.ended(),
                         "elapsed_s": round(time.perf_counter() - started, 4),
                     },
                 )

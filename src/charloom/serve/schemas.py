@@ -33,7 +33,8 @@ class GenerateParams(Protocol):
     """What the endpoint reads from a ``GenerateRequest`` (for the type checker: the model
     itself is built at run time by :func:`request_models`)."""
 
-    prime: str
+    prime: str | None
+    documents: bool | None
     length: int
     temperature: float
     top_k: int | None
@@ -88,9 +89,16 @@ def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type[BaseModel
         """Generate ``num_samples`` texts: the prime followed by ``length`` new characters."""
 
         model_config = _STRICT
-        prime: str = prime_field(
-            _SAMPLE_DEFAULTS["prime"],
-            description="text to start from; every character must be in the model's vocabulary",
+        prime: str | None = Field(
+            None,
+            max_length=limits.max_prime,
+            description='text to start from (default "Th"; documents mode: none); every '
+            "character must be in the model's vocabulary",
+        )
+        documents: bool | None = Field(
+            None,
+            description="whole documents, each stopped at its end, length being a cap "
+            "(default: whether the model was trained in documents mode)",
         )
         length: int = Field(
             min(_SAMPLE_DEFAULTS["length"], limits.max_length),
@@ -134,6 +142,11 @@ class GenerateResponse(BaseModel):
     texts: list[str] = Field(description="each sample: the prime followed by its completion")
     completions: list[str] = Field(description="each sample's new characters only")
     prime: str = Field(description="the prime as the model read it (after normalisation)")
+    ended: list[bool] | None = Field(
+        None,
+        description="documents mode: whether each document ended by itself (false: it was "
+        "cut at the length cap)",
+    )
     length: int
     num_samples: int
     seed: int | None
