@@ -79,3 +79,56 @@ def test_generate_documents_on_a_stream_model_is_refused(tmp_path):
     (answer,) = _post_all(app, [{"length": 5, "seed": 1}])
     assert answer.status_code == 200 and answer.json()["texts"][0].startswith("Th")
     assert answer.json()["ended"] is None and len(answer.json()["texts"][0]) == 7
+
+
+# --- the playground in a real browser -----------------------------------------------------------
+def test_the_playground_shows_whole_documents(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from conftest import tiny_overrides
+
+    import charloom
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip(f"no browser: {chromium} not found (apt-get install chromium)")
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("serve_load", root / "bench" / "serve_load.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("serve_load", bench)
+    spec.loader.exec_module(bench)
+    names = "\n".join(f"{a}{b}" for a in ("Ka", "Ri", "Mo", "Le") for b in ("na", "ro", "s")) + "\n"
+    cfg = charloom.preset_config("tiny", **tiny_overrides(documents="lines", iters=20))
+    charloom.train(cfg, text=names * 20, out=tmp_path / "run", console=False)
+    with (
+        bench.running_server(tmp_path / "run") as live,
+        sync_api.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(
+            executable_path=str(chromium), headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(live.url + "/")
+            page.wait_for_selector("body[data-state=idle]", timeout=15_000)
+            assert page.is_checked("#documents") and page.input_value("#prime") == ""
+            page.fill("#num_samples", "4")
+            page.fill("#seed", "3")
+            page.eval_on_selector(
+                "#length", "e => { e.value = 40; e.dispatchEvent(new Event('input')); }"
+            )
+            page.click("#generate")
+            page.wait_for_selector("body[data-state=done]", timeout=30_000)
+            shown = page.text_content("#output")
+        finally:
+            browser.close()
+        api = httpx.post(
+            live.url + "/v1/generate",
+            json={"length": 40, "seed": 3, "num_samples": 4, "documents": True},
+        ).json()
+    assert shown.split("\n") == api["texts"] and errors == []
