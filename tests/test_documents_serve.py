@@ -132,3 +132,23 @@ def test_the_playground_shows_whole_documents(tmp_path):
             json={"length": 40, "seed": 3, "num_samples": 4, "documents": True},
         ).json()
     assert shown.split("\n") == api["texts"] and errors == []
+
+
+def test_next_names_the_end_symbol_as_no_character(tmp_path):
+    model = _model(tmp_path)
+    with torch.no_grad():
+        model.model.head.bias[model.vocab.end] += 20.0  # the likeliest next symbol
+    app = create_app(model, LIMITS)
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://charloom") as client:
+            try:
+                return await client.post("/v1/next", json={"text": "ab", "top": 3})
+            finally:
+                await app.state.scheduler.close()
+
+    answer = asyncio.run(main())
+    assert answer.status_code == 200, answer.text
+    first = answer.json()["candidates"][0]
+    assert first["id"] == model.vocab.end and first["char"] is None

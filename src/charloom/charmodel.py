@@ -19,6 +19,8 @@ from .model import CharRNN, ModelConfig
 from .sample import SampleSettings, sample, sample_documents, stream_samples
 from .vocab import UNKNOWN_CHOICES, Vocab
 
+#: The prime of a sample when none is given (a documents-mode model's: none).
+DEFAULT_PRIME = "Th"
 #: ``novel``: rounds of drawing at most, each drawing twice what is still missing (at least
 #: :data:`NOVEL_MIN_DRAW`); fewer samples come back if the model keeps repeating its text.
 NOVEL_ROUNDS = 10
@@ -74,7 +76,7 @@ class CharModel:
         (its samples start from the start-of-document marker)."""
         if prime is not None:
             return prime
-        return "" if self.vocab.end is not None else "Th"
+        return "" if self.vocab.end is not None else DEFAULT_PRIME
 
     def sample(
         self,

@@ -30,7 +30,12 @@ def run(args: argparse.Namespace) -> int:
         "charloom_version": m.meta.get("charloom_version"),
         "model": cfg.to_dict(),
         "parameters": m.model.num_parameters(),
-        "vocab": {"kind": m.vocab.kind, "size": m.vocab.size, "ascii": m.ascii},
+        "vocab": {
+            "kind": m.vocab.kind,
+            "size": m.vocab.size,
+            "ascii": m.ascii,
+            "documents": m.documents_mode,
+        },
         "training": tr,
     }
     if args.json:
@@ -55,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"parameters    {info['parameters']:,}")
     norm = " (ASCII-normalised)" if m.ascii else ""
+    if m.vocab.end is not None:
+        shown += f", and the end of a document (documents mode: {m.documents_mode})"
     print(f"vocabulary    {m.vocab.kind}, {m.vocab.size} symbols{norm}: {shown}")
     print(
         f"trained       {num('iterations', 0):,} iterations, {num('chars_seen', 0):,} chars, "

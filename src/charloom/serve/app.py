@@ -392,9 +392,10 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
             raise RequestValidationError(
                 [{"loc": ("body", "documents"), "type": "value_error", "msg": msg}]
             )
+        given = req.prime if "prime" in req.model_fields_set else None
         prime, prime_ids = "", []
-        if req.prime or not documents:  # a document may start from nothing but its start
-            prime, prime_ids = prepare("prime", model.default_prime(req.prime))
+        if given or not documents:  # a document may start from nothing but its start
+            prime, prime_ids = prepare("prime", model.default_prime(given))
         settings = SampleSettings(req.temperature, req.top_k, req.top_p, req.greedy)
         settings.validate()
         job = GenerateJob(
@@ -467,7 +468,10 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
 
 
 def _char(vocab, token: int) -> str | None:
-    """The character of ``token``; in bytes mode, ``None`` for a byte that is not ASCII."""
+    """The character of ``token``; in bytes mode, ``None`` for a byte that is not ASCII, and
+    ``None`` for the end-of-document symbol (not a character)."""
+    if token == vocab.end:
+        return None
     if vocab.kind == "bytes":
         return chr(token) if token < 128 else None
     return vocab.chars[token]

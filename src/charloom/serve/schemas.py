@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..charmodel import CharModel
+from ..charmodel import DEFAULT_PRIME, CharModel
 from ..sample import SampleSettings
 from .limits import ServeLimits
 
@@ -33,8 +33,9 @@ class GenerateParams(Protocol):
     """What the endpoint reads from a ``GenerateRequest`` (for the type checker: the model
     itself is built at run time by :func:`request_models`)."""
 
-    prime: str | None
+    prime: str
     documents: bool | None
+    model_fields_set: set[str]
     length: int
     temperature: float
     top_k: int | None
@@ -89,8 +90,8 @@ def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type[BaseModel
         """Generate ``num_samples`` texts: the prime followed by ``length`` new characters."""
 
         model_config = _STRICT
-        prime: str | None = Field(
-            None,
+        prime: str = Field(
+            DEFAULT_PRIME,
             max_length=limits.max_prime,
             description='text to start from (default "Th"; documents mode: none); every '
             "character must be in the model's vocabulary",
