@@ -38,9 +38,7 @@ def _post_all(app, bodies: list[dict]) -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://charloom") as client:
             try:
-                return await asyncio.gather(
-                    *(client.post("/v1/generate", json=b) for b in bodies)
-                )
+                return await asyncio.gather(*(client.post("/v1/generate", json=b) for b in bodies))
             finally:
                 await app.state.scheduler.close()
 
