@@ -107,8 +107,8 @@ def _documents(model, args: argparse.Namespace, kwargs: dict) -> int:
     if args.novel:
         short = len(got.texts) < args.num_samples
         print(
-            f"charloom: --novel dropped {got.dropped} of {got.drawn} sample(s) drawn "
-            f"(they are in the training text)"
+            f"charloom: --novel dropped {got.dropped} of the {got.drawn} sample(s) drawn as "
+            "already in the training text"
             + (
                 f"; only {len(got.texts)} novel document(s) in {got.rounds} rounds" if short else ""
             ),
