@@ -42,14 +42,17 @@ class EvalResult:
         return math.exp(self.loss)
 
     def to_dict(self) -> dict:
-        return {
+        """The result as JSON-ready numbers; ``end_symbols`` only in documents mode."""
+        d = {
             "loss": self.loss,
             "bpc": self.bpc,
             "perplexity": self.perplexity,
             "chars": self.chars,
             "skipped": self.skipped,
-            "end_symbols": self.end_symbols,
         }
+        if self.end_symbols:
+            d["end_symbols"] = self.end_symbols
+        return d
 
 
 def chunk_layout(n_targets: int, max_chunks: int, min_chunk: int) -> tuple[int, int]:
