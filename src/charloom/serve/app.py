@@ -393,7 +393,7 @@ def create_app(model: CharModel, limits: ServeLimits | None = None) -> FastAPI:
                 [{"loc": ("body", "documents"), "type": "value_error", "msg": msg}]
             )
         given = req.prime if "prime" in req.model_fields_set else None
-        prime, prime_ids = "", []
+        prime, prime_ids = "", list[int]()
         if given or not documents:  # a document may start from nothing but its start
             prime, prime_ids = prepare("prime", model.default_prime(given))
         settings = SampleSettings(req.temperature, req.top_k, req.top_p, req.greedy)
