@@ -4,7 +4,7 @@ Two ways to cut a text into batches, both yielding ``x, y`` of shape ``(B, T)`` 
 next character of each ``x`` (inputs and targets shifted by one):
 
 - :class:`Portions` - the lecture's: ``B`` random portions of ``T + 1`` characters; the model
-  starts each portion from the zero state.
+  starts each portion from the zero state (in documents mode, at a document's start).
 - :class:`Streams` - the text cut into ``B`` contiguous streams read ``T`` characters at a time;
   the recurrent state is carried from one batch to the next (truncated back-propagation through
   time), so the model learns dependencies longer than ``T``. After each pass over the text the
@@ -26,7 +26,14 @@ class Portions:
 
     carries_state = False
 
-    def __init__(self, data: torch.Tensor, batch_size: int, seq_len: int, seed: int) -> None:
+    def __init__(
+        self,
+        data: torch.Tensor,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        starts: torch.Tensor | None = None,
+    ) -> None:
         if len(data) < seq_len + 1:
             raise CharloomError(
                 f"the training text has {len(data)} characters, fewer than one training "
@@ -36,11 +43,17 @@ class Portions:
         self.generator = torch.Generator().manual_seed(seed)
         self.new_epoch = False
         self._offsets = torch.arange(seq_len + 1)
+        # Where portions may start (documents mode: at documents' starts), or anywhere.
+        self.starts = starts if starts is not None and len(starts) else None
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``x, y``: ``(B, T)`` int64 each."""
-        high = len(self.data) - self.seq_len  # a start s needs s + T + 1 <= len
-        starts = torch.randint(0, high, (self.batch_size,), generator=self.generator)
+        if self.starts is not None:
+            pick = torch.randint(0, len(self.starts), (self.batch_size,), generator=self.generator)
+            starts = self.starts[pick]
+        else:
+            high = len(self.data) - self.seq_len  # a start s needs s + T + 1 <= len
+            starts = torch.randint(0, high, (self.batch_size,), generator=self.generator)
         chunk = self.data[starts[:, None] + self._offsets].long()
         return chunk[:, :-1], chunk[:, 1:]
 
@@ -122,13 +135,20 @@ Batches = Portions | Streams
 
 
 def make_batches(
-    kind: str, data: torch.Tensor, batch_size: int, seq_len: int, seed: int
+    kind: str,
+    data: torch.Tensor,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    starts: torch.Tensor | None = None,
 ) -> Batches:
-    """The batcher named ``kind`` (``stream`` or ``portions``) over ``data (N,)``."""
-    source = KINDS.get(kind)
-    if source is None:
+    """The batcher named ``kind`` (``stream`` or ``portions``) over ``data (N,)``; ``starts
+    (k,)``: where portions may start (documents mode: documents' starts; streams ignore it)."""
+    if kind not in KINDS:
         raise CharloomError(f"unknown batching {kind!r}; choose one of: {', '.join(KINDS)}")
-    return source(data, batch_size, seq_len, seed)
+    if kind == "portions":
+        return Portions(data, batch_size, seq_len, seed, starts)
+    return Streams(data, batch_size, seq_len, seed)
 
 
 #: The batchers by the name ``--batching`` gives them (``config.BATCHINGS``, which a test keeps

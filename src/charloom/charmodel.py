@@ -12,14 +12,35 @@ import torch
 from . import checkpoint as ckpt
 from .corpus import normalise_ascii
 from .device import resolve_device
+from .documents import HASHES_FILE, fingerprint, read_fingerprints, split_text
 from .errors import CharloomError
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN
 from .modelconfig import ModelConfig
 from .nextchar import SampleSettings
-from .sample import generate_blocks
-from .samplestream import SampleStream, text_pieces, whole_texts
+from .sample import generate_blocks, sample, sample_documents
+from .samplestream import SampleStream, text_pieces
 from .vocab import UNKNOWN_CHOICES, Vocab
+
+#: The prime of a sample when none is given (a documents-mode model's: none).
+DEFAULT_PRIME = "Th"
+#: ``novel``: rounds of drawing at most, each drawing twice what is still missing (at least
+#: :data:`NOVEL_MIN_DRAW`); fewer samples come back if the model keeps repeating its text.
+NOVEL_ROUNDS = 10
+NOVEL_MIN_DRAW = 8
+
+
+@dataclass
+class Documents:
+    """What :meth:`CharModel.documents` returns: the documents, whether each ended by itself
+    (False: it was cut at the length cap), and, with ``novel``, how many samples were drawn
+    in all and how many were dropped because the training text holds them."""
+
+    texts: list[str]
+    ended: list[bool]
+    drawn: int
+    dropped: int = 0
+    rounds: int = 1
 
 
 @dataclass
@@ -50,13 +71,33 @@ class CharModel:
             "charloom_version": self.meta.get("charloom_version"),
             "model": self.config.to_dict(),
             "parameters": self.model.num_parameters(),
-            "vocab": {"kind": self.vocab.kind, "size": self.vocab.size, "ascii": self.ascii},
+            "vocab": {
+                "kind": self.vocab.kind,
+                "size": self.vocab.size,
+                "ascii": self.ascii,
+                "documents": self.documents_mode,
+            },
             "training": self.training,
         }
 
     def normalise(self, text: str) -> str:
         """``text`` as the model saw its training text (ASCII-normalised if it was)."""
         return normalise_ascii(text) if self.ascii else text
+
+    @property
+    def documents_mode(self) -> str:
+        """How the model's training text was split into documents (``off``: one stream)."""
+        mode = (self.meta.get("text") or {}).get("documents")
+        if self.vocab.end is None:
+            return "off"
+        return mode if isinstance(mode, str) and mode != "off" else "lines"
+
+    def default_prime(self, prime: str | None) -> str:
+        """``prime`` as given, or the default: ``"Th"``, or nothing for a documents model
+        (its samples start from the start-of-document marker)."""
+        if prime is not None:
+            return prime
+        return "" if self.vocab.end is not None else DEFAULT_PRIME
 
     def pieces(
         self,
@@ -67,8 +108,9 @@ class CharModel:
         seed: int | None = None,
         engine: str = "auto",
     ) -> Iterator[list[str]]:
-        """Each sample's new text, block by block (``samplestream.text_pieces``); the request
-        and the engine are checked before the first block is asked for."""
+        """Each sample's new text, block by block (``samplestream.text_pieces``), of a model
+        not trained in documents mode (see :meth:`documents`); the request and the engine are
+        checked before the first block is asked for."""
         if not isinstance(prime, str):
             raise CharloomError("the prime must hold at least one character")
         stream = SampleStream(
@@ -78,7 +120,7 @@ class CharModel:
 
     def sample(
         self,
-        prime: str = "Th",
+        prime: str | None = None,
         length: int = 200,
         temperature: float = SampleSettings.temperature,
         top_k: int | None = None,
@@ -87,11 +129,98 @@ class CharModel:
         num_samples: int = 1,
         seed: int | None = None,
         engine: str = "auto",
+        documents: bool | None = None,
+        novel: bool = False,
     ) -> list[str]:
-        """``num_samples`` texts: the prime followed by exactly ``length`` new characters."""
+        """``num_samples`` texts: the prime (default ``"Th"``) followed by exactly ``length``
+        new characters. ``documents`` (default: whether the model was trained in documents
+        mode): each text is one whole document beginning with the prime (default: none),
+        stopped at its end, ``length`` being a cap (see :meth:`documents`, which also says
+        which ended by themselves); ``novel``: only documents the training text does not hold."""
+        documents = self.vocab.end is not None if documents is None else documents
+        if documents or novel:
+            return self.documents(
+                prime,
+                length,
+                temperature,
+                top_k,
+                top_p,
+                greedy,
+                num_samples,
+                seed,
+                engine,
+                novel=novel,
+            ).texts
         settings = SampleSettings(temperature, top_k, top_p, greedy)
-        pieces = self.pieces(prime, length, settings, num_samples, seed, engine)
-        return whole_texts(self.normalise(prime), pieces, num_samples)
+        return sample(
+            self.model,
+            self.vocab,
+            self.normalise(self.default_prime(prime)),
+            length,
+            settings,
+            num_samples,
+            seed,
+            engine,
+        )
+
+    def documents(
+        self,
+        prime: str | None = None,
+        length: int = 200,
+        temperature: float = SampleSettings.temperature,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+        num_samples: int = 1,
+        seed: int | None = None,
+        engine: str = "auto",
+        novel: bool = False,
+    ) -> Documents:
+        """``num_samples`` whole documents from a documents-mode model, each the prime (default:
+        none) and what the model writes after it up to the end of the document, at most
+        ``length`` new characters (the cap).
+
+        ``novel``: drop documents that the training text holds (compared by fingerprint with
+        ``documents.sha256`` in the run directory) and draw more in their place, in at most
+        :data:`NOVEL_ROUNDS` rounds; the result says how many were dropped, and holds fewer
+        than ``num_samples`` if the rounds run out. With a ``seed``, round ``r`` draws with
+        seed ``seed + r``: the same seed, the same documents."""
+        if self.vocab.end is None:
+            raise CharloomError(
+                f"{self.path} was not trained in documents mode (train with --documents)"
+            )
+        settings = SampleSettings(temperature, top_k, top_p, greedy)
+        prime = self.normalise(self.default_prime(prime))
+        known = self.training_fingerprints() if novel else set()
+        out = Documents([], [], 0)
+        for r in range(NOVEL_ROUNDS if novel else 1):
+            want = num_samples - len(out.texts)
+            n = want if not novel or r == 0 else max(2 * want, NOVEL_MIN_DRAW)
+            round_seed = None if seed is None else (seed + r) % 2**63
+            drawn = sample_documents(
+                self.model, self.vocab, prime, length, settings, n, round_seed, engine
+            )
+            out.drawn += n
+            out.rounds = r + 1
+            for text, ended, ids in drawn:
+                if novel and ended and fingerprint(ids) in known:
+                    out.dropped += 1
+                elif len(out.texts) < num_samples:
+                    out.texts.append(text)
+                    out.ended.append(ended)
+            if len(out.texts) >= num_samples:
+                break
+        return out
+
+    def training_fingerprints(self) -> set[str]:
+        """The fingerprints of the training documents, from the run directory."""
+        for folder in (self.path, self.path.parent):
+            if (folder / HASHES_FILE).is_file():
+                return read_fingerprints(folder / HASHES_FILE)
+        raise CharloomError(
+            f"{self.path} has no {HASHES_FILE} (the fingerprints of its training documents), "
+            "so novel cannot check samples against them"
+        )
 
     def stream(
         self,
@@ -119,11 +248,41 @@ class CharModel:
         neither predicted nor read, the state goes from the character before one straight to the
         character after it, and the result is the loss on the text without them, with
         ``skipped`` saying how many there were."""
-        text, skipped = self.read_text(text, unknown, advice or 'unknown="skip" scores the rest')
-        ids = self.vocab.encode(text, what="text")
+        advice = advice or 'unknown="skip" scores the rest'
+        ends = 0
+        if self.vocab.end is not None:
+            # As the model was trained: the text split into documents (the line breaks or
+            # blank lines between them are not characters of any document), joined by end
+            # symbols, which are predicted (and counted) as characters are.
+            docs = split_text(self.normalise(text), self.documents_mode)[0] if text else []
+            docs, skipped = self._known_documents(docs, unknown, advice)
+            ids = self.vocab.encode_documents(docs, what="text")
+            ends = len(docs)
+        else:
+            text, skipped = self.read_text(text, unknown, advice)
+            ids = self.vocab.encode(text, what="text")
         result = evaluate_ids(self.model, torch.from_numpy(ids.copy()), **kwargs)
         result.skipped = skipped
+        result.end_symbols = ends if result.chars else 0
         return result
+
+    def _known_documents(self, docs: list[str], unknown: str, advice: str) -> tuple[list[str], int]:
+        """``docs`` checked against the vocabulary (see :meth:`read_text`), and how many
+        characters were dropped; documents left empty are left out."""
+        if unknown not in UNKNOWN_CHOICES:
+            raise CharloomError(
+                f"unknown must be one of {', '.join(UNKNOWN_CHOICES)}, not {unknown!r}"
+            )
+        if unknown == "error":
+            self.vocab.check("".join(docs), what="text", advice=advice)
+            return docs, 0
+        kept, dropped = [], 0
+        for doc in docs:
+            doc, n = self.vocab.known_only(doc)
+            dropped += n
+            if doc:
+                kept.append(doc)
+        return kept, dropped
 
     def read_text(self, text: str, unknown: str = "error", advice: str = "") -> tuple[str, int]:
         """``text`` normalised as the model expects, and how many characters outside its

@@ -122,13 +122,20 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def config_dict(model_config: ModelConfig, vocab: Vocab, ascii: bool, summary: dict) -> dict:
+def config_dict(
+    model_config: ModelConfig, vocab: Vocab, ascii: bool, summary: dict, documents: str = "off"
+) -> dict:
+    """A checkpoint's config.json; ``text`` says how text is read: ``ascii`` normalisation,
+    and the ``documents`` mode (recorded only when on: older runs have none)."""
+    text: dict = {"ascii": ascii}
+    if documents != "off":
+        text["documents"] = documents
     return {
         "format": FORMAT,
         "charloom_version": __version__,
         "model": model_config.to_dict(),
         "vocab": vocab.to_dict(),
-        "text": {"ascii": ascii},
+        "text": text,
         "training": summary,
     }
 

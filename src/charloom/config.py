@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .documents import DOCUMENT_MODES
 from .errors import CharloomError
 from .modelconfig import PATHS, ModelConfig
 from .vocab import VOCAB_KINDS
@@ -100,6 +101,12 @@ class TrainConfig:
     ascii: bool = _setting(False, "normalise text to ASCII (unidecode, collapse runs of spaces)")
     val_fraction: float = _setting(
         0.1, "the last part of the text held out for validation (0 to 0.9)"
+    )
+    documents: str = _setting(
+        "off",
+        "learn many short documents, each whole: one per line, per blank-line-separated "
+        "paragraph, or per file (samples then stop at a document's end)",
+        choices=DOCUMENT_MODES,
     )
     # batches
     batching: str = _setting(

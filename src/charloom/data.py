@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .config import TrainConfig
-from .corpus import TextSource, normalise_ascii, read_text
+from .corpus import AsciiNormaliser, TextSource, expand_paths, iter_text, normalise_ascii, read_text
+from .documents import (
+    HASHES_FILE,
+    SplitCounts,
+    fingerprints,
+    long_note,
+    portion_starts,
+    split_pieces,
+    split_text,
+    write_fingerprints,
+)
 from .errors import CharloomError
 from .prepared import MAX_EVAL_CHARS, PreparedCorpus, find_prepared
 from .vocab import Vocab
@@ -32,10 +45,29 @@ class TrainData:
     source: TextSource | None
     sha256: str  # of the ids: a resumed run must train on the same ones
     text_chars: int = 0  # characters of the text as given (what budget sizing counts)
+    #: Lines to tell the user about the data (documents skipped or split, ...).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def has_validation(self) -> bool:
         return len(self.val) >= MIN_VAL_CHARS
+
+    def portion_starts(self, seq_len: int) -> torch.Tensor | None:
+        """Documents mode: where training portions start (documents' starts, and pieces of
+        long documents), ``(k,)``; None otherwise (anywhere)."""
+        if self.vocab.end is None:
+            return None
+        return torch.from_numpy(portion_starts(self.train.numpy(), self.vocab.end, seq_len))
+
+    def write_fingerprints(self, run_dir: str | os.PathLike) -> None:
+        """Documents mode: keep the fingerprints of every document of the text in
+        ``run_dir``, for ``sample --novel`` (the training and validation parts: the whole
+        text; of prepared data, what is read of it)."""
+        if self.vocab.end is None:
+            return
+        ids = torch.cat([self.train, self.val]).numpy()
+        os.makedirs(run_dir, exist_ok=True)
+        write_fingerprints(Path(run_dir) / HASHES_FILE, fingerprints(ids, self.vocab.end))
 
 
 def validation_size(n: int, val_fraction: float) -> int:
@@ -58,13 +90,87 @@ def encode_text(
         text = normalise_ascii(text)
     if not text:
         raise CharloomError("the text is empty")
+    if config.documents != "off":
+        docs, counts = split_text(text, config.documents)
+        return encode_documents(config, docs, counts, source, vocab, given)
     vocab = vocab or Vocab.build(config.vocab, text)
-    ids = vocab.encode(text, what="training text")
+    return _split(config, vocab, vocab.encode(text, what="training text"), source, given)
+
+
+def encode_documents(
+    config: TrainConfig,
+    docs: list[str],
+    counts: SplitCounts,
+    source: TextSource | None = None,
+    vocab: Vocab | None = None,
+    given: int = 0,
+) -> TrainData:
+    """Encode ``docs`` (already normalised) joined by the end symbol, and split them: the
+    validation part starts at a document's start where it can."""
+    if not docs:
+        raise CharloomError(
+            f"the text has no documents ({counts.empty:,} empty {config.documents} skipped)"
+        )
+    vocab = vocab or Vocab.build(config.vocab, "".join(docs), documents=True)
+    if vocab.end is None:
+        raise CharloomError("this run was not trained in documents mode; leave out --documents")
+    ids = vocab.encode_documents(docs, what="training text")
+    data = _split(config, vocab, ids, source, given)
+    data.notes = counts.notes(config.documents)
+    note = long_note(ids, vocab.end, config.seq_len)
+    if note:
+        data.notes.append(note)
+    return data
+
+
+def _split(
+    config: TrainConfig, vocab: Vocab, ids: np.ndarray, source: TextSource | None, given: int
+) -> TrainData:
+    """``ids (n,)`` split into training and validation (held out at the end). In documents
+    mode the held-out part starts at an end symbol (a document's start marker), which both
+    parts share, so that no document is cut in two."""
     n_val = validation_size(len(ids), config.val_fraction)
-    train = torch.from_numpy(ids[: len(ids) - n_val].copy())
-    val = torch.from_numpy(ids[len(ids) - n_val :].copy())
+    cut = len(ids) - n_val
+    shared = 0
+    if vocab.end is not None and n_val:
+        cut = document_cut(ids, cut, vocab.end)
+        shared = int(ids[cut] == vocab.end)  # the end symbol ends one part and starts the other
+    train = torch.from_numpy(ids[: cut + shared].copy())
+    val = torch.from_numpy(ids[cut:].copy()) if n_val else torch.from_numpy(ids[:0].copy())
     digest = hashlib.sha256(ids.tobytes()).hexdigest()
-    return TrainData(vocab, train, val, source, digest, text_chars=given)
+    return TrainData(vocab, train, val, source, digest, text_chars=given or len(ids))
+
+
+def document_cut(ids: np.ndarray, cut: int, end: int, window: int = MAX_EVAL_CHARS) -> int:
+    """Where to split ``ids (n,)`` near ``cut`` so that the held-out part starts with an end
+    symbol (the start marker of a document) and holds at least two ids: the first end symbol
+    at or after ``cut``, else the last before it (within ``window`` ids); ``cut`` if none."""
+    n = len(ids)
+    after = np.flatnonzero(ids[cut : min(n - 1, cut + window)] == end)
+    if len(after):
+        return cut + int(after[0])
+    lo = max(1, cut - window)
+    before = np.flatnonzero(ids[lo:cut] == end)
+    return lo + int(before[-1]) if len(before) else cut
+
+
+def read_documents(config: TrainConfig, source: TextSource) -> tuple[list[str], SplitCounts, int]:
+    """The documents of ``source``'s files, each file read on its own (in ``files`` mode a
+    file is one document), normalised as ``config`` says; and the characters read."""
+    read = 0
+
+    def pieces(path: str) -> Iterator[str]:
+        nonlocal read
+        normaliser = AsciiNormaliser() if config.ascii else None
+        for piece in iter_text([path], source.encoding, source.errors):
+            read += len(piece)
+            yield normaliser.feed(piece) if normaliser else piece
+
+    chunks, counts = split_pieces((pieces(p) for p in expand_paths(source.paths)), config.documents)
+    docs = [doc for chunk in chunks for doc in chunk]
+    if read == 0:
+        raise CharloomError(f"the text from {source.describe()} is empty")
+    return docs, counts, read
 
 
 def map_prepared(
@@ -75,26 +181,48 @@ def map_prepared(
     ``vocab``: the vocabulary a resumed run was trained with."""
     prepared = PreparedCorpus.open(folder)
     defaults = TrainConfig()
-    for name, have in (("vocab", prepared.vocab.kind), ("ascii", prepared.ascii)):
+    given = (
+        ("vocab", prepared.vocab.kind),
+        ("ascii", prepared.ascii),
+        ("documents", prepared.documents),
+    )
+    for name, have in given:
         want = getattr(config, name)
         if want != have and want != getattr(defaults, name):
+            had = _flags(prepared.vocab.kind, prepared.ascii, prepared.documents)
             raise CharloomError(
-                f"{folder} was prepared with --vocab {prepared.vocab.kind}"
-                f"{' --ascii' if prepared.ascii else ''}; prepare the text again for "
-                f"--vocab {config.vocab}{' --ascii' if config.ascii else ''}"
+                f"{folder} was prepared with {had}; prepare the text again for "
+                f"{_flags(config.vocab, config.ascii, config.documents)}"
             )
     if vocab is not None and vocab != prepared.vocab:
         raise CharloomError(
             f"{folder} has a different vocabulary from the run's; resume with the same data"
         )
-    config = config.replace(vocab=prepared.vocab.kind, ascii=prepared.ascii)
+    config = config.replace(
+        vocab=prepared.vocab.kind, ascii=prepared.ascii, documents=prepared.documents
+    )
     ids = prepared.ids()
     n_val = validation_size(len(ids), config.val_fraction)
-    train = ids[: len(ids) - n_val]
-    val = ids[len(ids) - n_val :][:MAX_EVAL_CHARS]
+    cut = len(ids) - n_val
+    end = prepared.vocab.end
+    shared = 0
+    if end is not None and n_val:  # start the held-out part at a document (see _split)
+        cut = document_cut(ids.numpy(), cut, end)
+        shared = int(ids[cut] == end)
+    train = ids[: cut + shared]
+    val = ids[cut:][:MAX_EVAL_CHARS]
     source = TextSource(paths=(str(folder),), prepared=True)
     data = TrainData(prepared.vocab, train, val, source, prepared.sha256, prepared.length)
+    if end is not None:
+        note = long_note(ids.numpy(), end, config.seq_len)
+        data.notes = [note] if note else []
     return config, data
+
+
+def _flags(vocab: str, ascii: bool, documents: str) -> str:
+    """Data settings as the flags that give them."""
+    docs = f" --documents {documents}" if documents != "off" else ""
+    return f"--vocab {vocab}{' --ascii' if ascii else ''}{docs}"
 
 
 def load_data(
@@ -114,9 +242,22 @@ def load_data(
     if folder is not None:
         return map_prepared(config, folder, vocab)
     source = None
+    if text is None and config.documents != "off" and paths and not corpus:
+        source = TextSource(paths=tuple(paths), encoding=encoding, errors=errors)
+        return config, _documents_from_files(config, source, vocab)
     if text is None:
         text, source = read_text(paths, corpus, encoding=encoding, errors=errors)
     return config, encode_text(config, text, source, vocab)
+
+
+def _documents_from_files(
+    config: TrainConfig, source: TextSource, vocab: Vocab | None
+) -> TrainData:
+    """The training data of documents read file by file from ``source``."""
+    if config.ascii and config.vocab == "bytes":
+        raise CharloomError("--ascii goes with --vocab printable or corpus, not bytes")
+    docs, counts, read = read_documents(config, source)
+    return encode_documents(config, docs, counts, source, vocab, read)
 
 
 def reload_data(
@@ -126,6 +267,8 @@ def reload_data(
     for a run trained on a string)."""
     if text is None and source is not None and source.prepared:
         return map_prepared(config, source.paths[0], vocab)
+    if text is None and source is not None and source.paths and config.documents != "off":
+        return config, _documents_from_files(config, source, vocab)
     if text is None:
         if source is None:
             raise CharloomError("this run was trained on a text given in Python; pass it again")

@@ -23,11 +23,15 @@ LN2 = math.log(2.0)
 @dataclass
 class EvalResult:
     """Mean loss over ``chars`` predicted characters (``skipped``: characters of the text that
-    were outside the vocabulary and left out, with ``unknown="skip"``)."""
+    were outside the vocabulary and left out, with ``unknown="skip"``; ``end_symbols``: in
+    documents mode, the end-of-document symbols among the ``chars``, each predicted as a
+    character is)."""
 
     loss: float  # nats per character
     chars: int
     skipped: int = 0
+    #: Documents mode: how many of the ``chars`` predicted symbols are end-of-document symbols.
+    end_symbols: int = 0
 
     @property
     def bpc(self) -> float:
@@ -38,13 +42,17 @@ class EvalResult:
         return math.exp(self.loss)
 
     def to_dict(self) -> dict:
-        return {
+        """The result as JSON-ready numbers; ``end_symbols`` only in documents mode."""
+        d = {
             "loss": self.loss,
             "bpc": self.bpc,
             "perplexity": self.perplexity,
             "chars": self.chars,
             "skipped": self.skipped,
         }
+        if self.end_symbols:
+            d["end_symbols"] = self.end_symbols
+        return d
 
 
 def chunk_layout(n_targets: int, max_chunks: int, min_chunk: int) -> tuple[int, int]:

@@ -212,7 +212,9 @@ def _example_args() -> tuple:
     weights = tuple(np.zeros(shape, np.float32) for shape in _WEIGHT_SHAPES)
     h, c = np.zeros((1, 1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
     u, out = np.zeros((1, 1), np.float32), np.zeros((1, 1), np.int64)
-    return _call_args(weights, h, c, np.zeros((1, 2), np.float32), u, SampleSettings(), out)
+    stopped = np.zeros(1, np.int8)
+    logits = np.zeros((1, 2), np.float32)
+    return _call_args(weights, h, c, logits, u, SampleSettings(), -1, stopped, out)
 
 
 # table, w_ih, bias_in, w_hh, b_hh, head_w, head_b of a one-layer, one-unit, two-character model.
@@ -226,14 +228,18 @@ def _call_args(
     logits: np.ndarray,
     u: np.ndarray,
     settings: SampleSettings,
+    end: int,
+    stopped: np.ndarray,
     out: np.ndarray,
 ) -> tuple:
     """The kernels' arguments after ``kind`` and the streams, with the settings in the kernels'
-    encoding: top-k 0 (or >= V) and top-p 1 keep everything."""
+    encoding: top-k 0 (or >= V) and top-p 1 keep everything; ``end`` -1: no end symbol,
+    ``stopped (B,)`` int8."""
     top_k = min(settings.top_k or 0, logits.shape[1])
     top_p = np.float32(1.0 if settings.top_p is None else settings.top_p)
     temperature = np.float32(settings.temperature)
-    return (*weights, h, c, logits, u, temperature, top_k, top_p, bool(settings.greedy), out)
+    greedy = bool(settings.greedy)
+    return (*weights, h, c, logits, u, temperature, top_k, top_p, greedy, end, stopped, out)
 
 
 # Below this many streams per thread, starting threads costs more than it saves.
@@ -264,9 +270,12 @@ class FastGenerator:
         logits: np.ndarray,
         uniforms: np.ndarray,
         settings: SampleSettings,
+        end: int | None = None,
+        stopped: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ArrayState, np.ndarray]:
         """Draw ``uniforms.shape[0]`` characters for each of B streams (the interface of
-        ``npgen.NumpyGenerator``, so a caller can drive either).
+        ``npgen.NumpyGenerator``, so a caller can drive either; ``end`` and ``stopped``
+        stop streams at the end-of-document symbol as it does).
 
         ``state``: tuple of (L, B, H) float32 arrays; ``logits (B, V)``: the distribution for
         the first draw; ``uniforms (steps, B)``. Returns ids ``(steps, B)`` int64, the new state
@@ -284,7 +293,11 @@ class FastGenerator:
         out = np.empty(u.shape, dtype=np.int64)
         streams = u.shape[1]
         blocks = min(self._kernels.numba.get_num_threads(), streams // _STREAMS_PER_THREAD)
-        args = _call_args(self.weights, h, c, lg, u, settings, out)
+        stop = np.zeros(streams, np.int8)
+        if stopped is not None:
+            stop[:] = np.asarray(stopped)
+        end_id = -1 if end is None else int(end)
+        args = _call_args(self.weights, h, c, lg, u, settings, end_id, stop, out)
         if blocks > 1:
             with _PARALLEL:
                 self._kernels.generate_parallel(blocks, self.kind, *args)
@@ -318,14 +331,15 @@ def cpu_blocks(
             gen = _compiled(weights, slow)
         n = min(block, left) if left > 0 else block
         u = stream.uniforms.take(n)
+        stop = stream.stop_args()
         try:
-            ids, state, logits = gen.run(state, logits, u, stream.settings)
+            ids, state, logits = gen.run(state, logits, u, stream.settings, *stop)
         except Exception as exc:
             if gen is slow or engine == "numba":
                 raise
             failed(one_line(exc))
             gen = slow
-            ids, state, logits = gen.run(state, logits, u, stream.settings)
+            ids, state, logits = gen.run(state, logits, u, stream.settings, *stop)
         yield ids
         if engine == "auto" and block == 1:
             # After the first block, so that loading numba (half a second or more, holding

@@ -265,10 +265,16 @@ def run_block(
     top_k,
     top_p,
     greedy,
+    end,
+    stopped,
     out,
 ):
     """Streams ``s0 <= s < s1``: draw ``out.shape[0]`` characters each, starting from
-    ``logits[s]`` and the state ``h, c (L, B, H)`` (all updated in place)."""
+    ``logits[s]`` and the state ``h, c (L, B, H)`` (all updated in place).
+
+    ``end >= 0`` (documents mode): a stream that draws ``end``, or has ``stopped[s]`` set,
+    stops: its later ids are ``end`` and it draws nothing more; once every stream of the block
+    has stopped, the block returns without stepping further (as ``TorchGenerator.run``)."""
     layers, _, hidden = h.shape
     gsize = table.shape[1]
     vocab = logits.shape[1]
@@ -281,11 +287,27 @@ def run_block(
     bits = np.empty(width, dtype=np.int32)
     tmp = np.empty(hidden, dtype=np.float32)
     order = np.empty(vocab, dtype=np.int8)
-    for t in range(out.shape[0]):
+    steps = out.shape[0]
+    for t in range(steps):
+        alive = 0
         for s in range(s0, s1):
-            x = _draw(logits[s], temperature, top_k, top_p, greedy, u[t, s], arg, e, bits, order)
+            if end >= 0 and stopped[s]:
+                x = end
+            else:
+                x = _draw(
+                    logits[s], temperature, top_k, top_p, greedy, u[t, s], arg, e, bits, order
+                )
+                if x == end:
+                    stopped[s] = 1
+                else:
+                    alive += 1
             out[t, s] = x
             gi[s - s0, :] = table[x]
+        if end >= 0 and alive == 0:
+            for rest in range(t + 1, steps):
+                for s in range(s0, s1):
+                    out[rest, s] = end
+            return
         for layer in range(layers):
             if layer > 0:
                 for s in range(s0, s1):
@@ -331,6 +353,8 @@ def generate_parallel(
     top_k,
     top_p,
     greedy,
+    end,
+    stopped,
     out,
 ):
     # Streams are independent: a contiguous block of them per thread, no waiting between.
@@ -355,5 +379,7 @@ def generate_parallel(
             top_k,
             top_p,
             greedy,
+            end,
+            stopped,
             out,
         )

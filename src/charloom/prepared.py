@@ -36,6 +36,7 @@ import torch
 from ._version import __version__
 from .checkpoint import write_json
 from .corpus import AsciiNormaliser, TextSource, expand_paths, iter_text, load_builtin
+from .documents import DOCUMENT_MODES, SplitCounts, split_pieces
 from .errors import CharloomError
 from .vocab import VOCAB_KINDS, Vocab
 
@@ -65,6 +66,7 @@ class PreparedCorpus:
     length: int  # ids in ids.bin
     sha256: str  # of ids.bin
     source: dict  # the files it was prepared from, their encoding and error handling
+    documents: str = "off"  # the documents mode; the ids then hold the end symbols
 
     @property
     def ids_path(self) -> Path:
@@ -106,7 +108,12 @@ class PreparedCorpus:
                 length=length,
                 sha256=str(meta["sha256"]),
                 source=dict(meta.get("source") or {}),
+                documents=meta.get("documents", "off"),
             )
+            if prepared.documents not in DOCUMENT_MODES or (
+                (prepared.documents != "off") != vocab.documents
+            ):
+                raise ValueError("the documents mode does not match the vocabulary")
         except (KeyError, TypeError, ValueError, CharloomError) as exc:
             raise CharloomError(f"{meta_path} is damaged ({exc}); prepare the text again") from None
         size = prepared.ids_path.stat().st_size if prepared.ids_path.is_file() else None
@@ -143,7 +150,7 @@ class _Encoder:
         self.vocab, self.dtype = vocab, ids_dtype(vocab)
         if vocab.kind != "bytes":
             self._table = np.full(_CODE_POINTS, -1, dtype=np.int32)
-            self._table[[ord(c) for c in vocab.chars]] = np.arange(vocab.size, dtype=np.int32)
+            self._table[[ord(c) for c in vocab.chars]] = np.arange(vocab.chars_size, dtype=np.int32)
 
     def __call__(self, text: str) -> np.ndarray:
         """``(n,)`` ids of ``text`` (bytes vocabulary: its ``n`` UTF-8 bytes)."""
@@ -207,15 +214,21 @@ def prepare(
     overwrite: bool = False,
     chunk_bytes: int = CHUNK_BYTES,
     progress: bool = False,
+    documents: str = "off",
 ) -> PreparedCorpus:
     """Encode the text of ``paths`` (files, folders, globs) or of the built-in ``corpus`` into
-    the prepared folder ``out``, in constant memory; ``vocab`` and ``ascii`` as for training.
+    the prepared folder ``out``, in constant memory; ``vocab``, ``ascii`` and ``documents`` as
+    for training (documents: the ids hold the end symbols, as training from the text would).
 
     Everything is checked before anything is written; on failure ``out`` is left as it was."""
     if vocab not in VOCAB_KINDS:
         raise CharloomError(f"--vocab must be one of {', '.join(VOCAB_KINDS)}, not {vocab!r}")
     if ascii and vocab == "bytes":
         raise CharloomError("--ascii goes with --vocab printable or corpus, not bytes")
+    if documents not in DOCUMENT_MODES:
+        raise CharloomError(
+            f"--documents must be one of {', '.join(DOCUMENT_MODES)}, not {documents!r}"
+        )
     paths = tuple(str(p) for p in paths)
     if paths and corpus:
         raise CharloomError("give either text files or --corpus, not both")
@@ -239,20 +252,44 @@ def prepare(
             pieces = (normaliser.feed(p) for p in pieces)
         return _progress(pieces, total, what, encoding) if progress else pieces
 
+    def by_file() -> Iterator[Iterator[str]]:
+        """Each file's text in pieces (normalised per file), for splitting into documents."""
+        for one in [None] if corpus else files:
+            pieces = (
+                iter([load_builtin(corpus)])
+                if corpus
+                else iter_text([str(one)], encoding, errors, chunk_bytes)
+            )
+            if ascii:
+                normaliser = AsciiNormaliser()
+                pieces = (normaliser.feed(p) for p in pieces)
+            yield pieces
+
+    def docs() -> Iterator[str]:
+        chunks, _ = split_pieces(by_file(), documents)
+        return ("".join(chunk) for chunk in chunks)
+
+    on = documents != "off"
     if vocab == "corpus":
-        chars = _character_set(text("reading"))
+        chars = _character_set(docs() if on else text("reading"))
         if not chars:
             raise CharloomError(f"the text from {source.describe()} is empty")
-        v = Vocab("corpus", tuple(sorted(chars)))
+        v = Vocab("corpus", tuple(sorted(chars)), on)
     else:
-        v = Vocab.build(vocab)
+        v = Vocab.build(vocab, documents=on)
+    counts = SplitCounts()
+    if on:
+        chunks, counts = split_pieces(by_file(), documents)
+        arrays = _document_ids(_Encoder(v), chunks)
+    else:
+        arrays = map(_Encoder(v), text("encoding"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        length, digest = _write_ids(tmp / IDS_FILE, _Encoder(v), text("encoding"))
-        if length == 0:
+        length, digest = _write_ids(tmp / IDS_FILE, ids_dtype(v), arrays)
+        if length == 0 or (on and counts.documents == 0):
             raise CharloomError(f"the text from {source.describe()} is empty")
         meta = {
             "format": FORMAT,
@@ -263,6 +300,8 @@ def prepare(
             "dtype": ids_dtype(v).name,
             "length": length,
             "sha256": digest,
+            "documents": documents,
+            "split": {"documents": counts.documents, "empty": counts.empty},
             "source": {
                 "paths": list(files),
                 "corpus": corpus,
@@ -280,16 +319,27 @@ def prepare(
     return PreparedCorpus.open(out)
 
 
-def _write_ids(path: Path, encode: _Encoder, pieces: Iterable[str]) -> tuple[int, str]:
-    """Write the ids of ``pieces`` to ``path``; their count and SHA-256."""
+def _document_ids(encode: _Encoder, chunks: Iterable[list[str]]) -> Iterator[np.ndarray]:
+    """The ids of documents as training encodes them (``Vocab.encode_documents``): an end
+    symbol first, then each document's ids followed by an end symbol."""
+    assert encode.vocab.end is not None
+    end = np.array([encode.vocab.end], dtype=encode.dtype)
+    yield end
+    for chunk in chunks:
+        for doc in chunk:
+            yield np.concatenate([encode(doc), end])
+
+
+def _write_ids(path: Path, dtype: np.dtype, arrays: Iterable[np.ndarray]) -> tuple[int, str]:
+    """Write the ids ``arrays`` to ``path``; their count and SHA-256."""
     digest, length = hashlib.sha256(), 0
     trim = _heap_trimmer()
     with open(path, "wb") as fh:
-        for piece in pieces:
-            data = encode(piece).tobytes()
+        for ids in arrays:
+            data = ids.astype(dtype, copy=False).tobytes()
             digest.update(data)
             fh.write(data)
-            length += len(data) // encode.dtype.itemsize
+            length += len(data) // dtype.itemsize
             trim()
         fh.flush()
         os.fsync(fh.fileno())

@@ -167,6 +167,8 @@ class Console:
         note = t.data.vocab.size_note()
         if note:
             self.write(f"charloom: {note}")
+        for line in t.data.notes:
+            self.write(f"charloom: {line}")
         if self.use_bar:
             # tqdm.auto: a widget in Jupyter when ipywidgets is installed, text elsewhere.
             from tqdm.auto import tqdm

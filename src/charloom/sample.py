@@ -122,20 +122,40 @@ class TorchGenerator:
         logits: torch.Tensor,
         uniforms: torch.Tensor | np.ndarray,
         settings: SampleSettings,
+        end: int | None = None,
+        stopped: torch.Tensor | np.ndarray | None = None,
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Draw ``uniforms.shape[0]`` characters for each of B streams from ``logits (B, V)``
         and ``state`` (tuple of ``(L, B, H)``), with ``uniforms (steps, B)``. Returns the ids
-        ``(steps, B)``, the new state and the float logits after the last character."""
+        ``(steps, B)``, the new state and the float logits after the last character.
+
+        ``end``: the end-of-document id. A stream that draws it (or is in ``stopped (B,)``
+        bool) stops: its later ids are all ``end``, and once every stream has stopped the
+        block ends without stepping the model further."""
         m, cell, lstm = self.model, self._cell, self.model.is_lstm
         emb, head_w, head_b = m.embedding.weight, m.head.weight, m.head.bias
         with torch.no_grad():
             uniforms = torch.as_tensor(uniforms).to(logits.device)  # one copy per block
             hs = list(state[0].unbind(0))
             cs = list(state[1].unbind(0)) if lstm else hs
-            drawn = []
+            drawn: list[torch.Tensor] = []
+            stop, end_id = None, -1 if end is None else end
+            if end is not None:
+                stop = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+                if stopped is not None:
+                    stop |= torch.as_tensor(stopped).to(logits.device)
             for u in uniforms:
                 nxt = pick(logits, settings, u)
-                drawn.append(nxt)
+                if stop is not None:
+                    nxt = nxt.masked_fill(stop, end_id)
+                    stop |= nxt == end_id
+                    drawn.append(nxt)
+                    if bool(stop.all()):
+                        rest = len(uniforms) - len(drawn)
+                        drawn.extend(torch.full_like(nxt, end_id) for _ in range(rest))
+                        break
+                else:
+                    drawn.append(nxt)
                 inp = F.embedding(nxt, emb)
                 for layer, weights in enumerate(self._weights):
                     if lstm:
@@ -172,6 +192,8 @@ class CompiledGenerator:
         logits: torch.Tensor,
         uniforms: torch.Tensor | np.ndarray,
         settings: SampleSettings,
+        end: int | None = None,
+        stopped: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, State, torch.Tensor]:
         """As :meth:`TorchGenerator.run`, on the CPU."""
         ids, new, lg = self._fast.run(
@@ -179,6 +201,8 @@ class CompiledGenerator:
             logits.detach().to("cpu", torch.float32).numpy(),
             np.asarray(uniforms, dtype=np.float32),
             settings,
+            end,
+            None if stopped is None else stopped.cpu().numpy(),
         )
         return torch.from_numpy(ids), tuple(torch.from_numpy(s) for s in new), torch.from_numpy(lg)
 
@@ -276,7 +300,8 @@ def _torch_blocks(model: CharRNN, stream: SampleStream) -> Iterator[np.ndarray]:
         block, left = 1, stream.length
         while True:
             n = min(block, left) if left > 0 else block
-            ids, state, logits = gen.run(state, logits, stream.uniforms.take(n), stream.settings)
+            u = stream.uniforms.take(n)
+            ids, state, logits = gen.run(state, logits, u, stream.settings, *stream.stop_args())
             yield ids.cpu().numpy()
             left -= n
             block = min(block * 4, Uniforms.BLOCK)
@@ -293,14 +318,16 @@ def stream_samples(
     num_samples: int = 1,
     seed: int | None = None,
     engine: str = "auto",
+    end: int | None = None,
 ) -> Iterator[list[str]]:
     """Generate ``num_samples`` texts after ``prime``; yields one string per sample for each
     block of steps (one character per step with the torch engine, up to 64 with numba; possibly
     empty while a multi-byte character completes in bytes mode). Every sample ends after exactly
-    ``length`` new characters."""
+    ``length`` new characters, or, with ``end`` (documents mode), at the end of its document
+    if that comes first."""
     if not isinstance(prime, str):
         raise CharloomError("the prime must hold at least one character")
-    stream = SampleStream(vocab, prime, length, settings, num_samples, seed)
+    stream = SampleStream(vocab, prime, length, settings, num_samples, seed, end)
     yield from text_pieces(stream, generate_blocks(model, stream, engine))
 
 
@@ -313,7 +340,33 @@ def sample(
     num_samples: int = 1,
     seed: int | None = None,
     engine: str = "auto",
+    end: int | None = None,
 ) -> list[str]:
-    """``num_samples`` texts, each the prime followed by exactly ``length`` new characters."""
-    pieces = stream_samples(model, vocab, prime, length, settings, num_samples, seed, engine)
+    """``num_samples`` texts, each the prime followed by exactly ``length`` new characters
+    (``end``: documents mode, each a document of at most ``length`` new characters)."""
+    pieces = stream_samples(model, vocab, prime, length, settings, num_samples, seed, engine, end)
     return whole_texts(prime, pieces, num_samples)
+
+
+def sample_documents(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str,
+    length: int,
+    settings: SampleSettings | None = None,
+    num_samples: int = 1,
+    seed: int | None = None,
+    engine: str = "auto",
+) -> list[tuple[str, bool, list[int]]]:
+    """``num_samples`` documents from a documents-mode model: each the prime (may be empty)
+    and what follows up to the end symbol or ``length`` new characters (the cap). For each:
+    its text, whether it ended by itself, and its ids (prime included) without the end."""
+    if vocab.end is None:
+        raise CharloomError("this model was not trained in documents mode")
+    if not isinstance(prime, str):
+        raise CharloomError("the prime must be a text")
+    stream = SampleStream(vocab, prime, length, settings, num_samples, seed, vocab.end)
+    pieces = text_pieces(stream, generate_blocks(model, stream, engine))
+    texts = whole_texts(prime, pieces, num_samples)
+    head = stream.prime_ids[1:]
+    return [(t, stream.ended[i], head + stream.drawn[i]) for i, t in enumerate(texts)]

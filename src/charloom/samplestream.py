@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from .errors import CharloomError
 from .nextchar import SampleSettings, Uniforms, seeded_rng
 from .vocab import Vocab
@@ -47,6 +49,7 @@ class SampleStream:
         settings: SampleSettings | None = None,
         num_samples: int = 1,
         seed: int | None = None,
+        end: int | None = None,
     ) -> None:
         settings = settings or SampleSettings()
         settings.validate()
@@ -58,10 +61,14 @@ class SampleStream:
         ):
             raise CharloomError(f"seed must be an integer in 0..2^63-1, not {seed!r}")
         if isinstance(prime, str):
-            prime = encode_prime(vocab, prime)
-        if len(prime) == 0:
+            prime = encode_prime(vocab, prime) if prime or end is None else []
+        if len(prime) == 0 and end is None:
             raise CharloomError("the prime must hold at least one character")
-        self.prime_ids = [int(i) for i in prime]
+        #: Documents mode: the end-of-document id; each sample is one document, started from
+        #: the end symbol (the start marker) and the prime, and stopped when it draws the
+        #: symbol again (or at ``length`` characters, the cap).
+        self.end = end
+        self.prime_ids = ([end] if end is not None else []) + [int(i) for i in prime]
         self.length = length
         self.settings = settings
         self.num_samples = num_samples
@@ -71,11 +78,28 @@ class SampleStream:
         self.uniforms = Uniforms(num_samples, seeded_rng(seed))
         self.decoders = [vocab.decoder() for _ in range(num_samples)]
         self.counts = [0] * num_samples  # new characters made so far, per sample
+        #: Documents mode: which samples drew the end symbol (ended by themselves), and the
+        #: ids each drew before it (what ``--novel`` fingerprints).
+        self.ended = [False] * num_samples
+        self.drawn: list[list[int]] = [[] for _ in range(num_samples)]
 
     @property
     def done(self) -> bool:
-        """Whether every sample has its ``length`` characters (at once for ``length`` 0)."""
-        return min(self.counts) >= self.length
+        """Whether every sample has its ``length`` characters or, in documents mode, its end
+        (at once for ``length`` 0)."""
+        return all(self._finished(i) for i in range(self.num_samples))
+
+    def _finished(self, i: int) -> bool:
+        return self.ended[i] or self.counts[i] >= self.length
+
+    def stopped(self) -> np.ndarray:
+        """``(num_samples,)`` bool: the samples that need no more ids (what an engine skips)."""
+        return np.array([self._finished(i) for i in range(self.num_samples)], dtype=bool)
+
+    def stop_args(self) -> tuple:
+        """What an engine's ``run`` takes after the settings to stop streams at their end:
+        ``(end, stopped)`` in documents mode, else nothing."""
+        return (self.end, self.stopped()) if self.end is not None else ()
 
     def take(self, ids: Any) -> list[str]:
         """The new text of each sample from a block of drawn ``ids (steps, num_samples)``:
@@ -84,6 +108,14 @@ class SampleStream:
         ``ids``: a numpy array or a tensor (on the CPU)."""
         out = []
         for i, tokens in enumerate(ids.T.tolist()):
+            if self._finished(i):
+                out.append("")
+                continue
+            if self.end is not None:
+                if self.end in tokens:
+                    tokens = tokens[: tokens.index(self.end)]
+                    self.ended[i] = True
+                self.drawn[i].extend(tokens)
             left = self.length - self.counts[i]
             piece = self.decoders[i].feed(tokens)[:left] if left > 0 else ""
             self.counts[i] += len(piece)

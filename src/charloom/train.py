@@ -79,8 +79,9 @@ class Trainer:
                 # Dropout masks differ between ranks as between rows of one batch.
                 torch.manual_seed(rank_seed(cfg.seed, self.dist.rank))
         self.step = TrainStep(cfg, self.model, self.device, self.dist)
+        starts = data.portion_starts(cfg.seq_len) if cfg.batching == "portions" else None
         self.batches = make_batches(
-            cfg.batching, data.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed + 1
+            cfg.batching, data.train, cfg.batch_size, cfg.seq_len, cfg.seed + 1, starts
         )
         self.clock = BudgetClock(cfg, data.has_validation)
         self.stop = StopRequest()
@@ -97,7 +98,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
         self.sizing_note: str | None = None  # how the model was sized for a --time budget
-        self._prime = self._training_prime()
+        self._prime = training_prime(self.config, self.data)
 
     # what callbacks read ------------------------------------------------------------------
     @property
@@ -145,14 +146,6 @@ class Trainer:
             self.stop.signum = heard
         return cmd, value
 
-    def _training_prime(self) -> str:
-        prime = self.config.sample_prime or ""
-        if prime and not self.data.vocab.unknown(prime):
-            return prime
-        # A corpus without "T" or "h" (another script, say): prime with its first character.
-        first = self.data.vocab.decode(self.data.train[:1].tolist())
-        return first or self.data.vocab.decode([0])
-
     # what the loop does besides stepping ---------------------------------------------------
     def evaluate(self) -> EvalResult:
         """Loss on the validation text; under torchrun each rank takes a contiguous share."""
@@ -182,6 +175,7 @@ class Trainer:
             settings,
             seed=cfg.seed + self.iteration,
             engine="torch",  # no compilation pause inside a timed run
+            end=self.data.vocab.end,  # documents mode: one document, up to the length
         )[0]
 
     def summary(self) -> dict:
@@ -197,9 +191,8 @@ class Trainer:
         }
 
     def _config_json(self) -> dict:
-        return ckpt.config_dict(
-            self.config.model, self.data.vocab, self.config.ascii, self.summary()
-        )
+        c = self.config
+        return ckpt.config_dict(c.model, self.data.vocab, c.ascii, self.summary(), c.documents)
 
     def save(self) -> Path | None:
         """Write ``latest/``: weights and everything needed to resume exactly. Under torchrun
@@ -382,6 +375,19 @@ def _follow(trainer: Trainer) -> TrainResult:
 
 
 # --- the public entry points -----------------------------------------------------------------
+def training_prime(config: TrainConfig, data: TrainData) -> str:
+    """What the samples during training start from: the configured prime; a documents-mode
+    run's start marker alone; for a corpus that lacks the prime's characters (another script,
+    say), its first character."""
+    if data.vocab.end is not None:
+        return ""  # documents mode: a whole document, from the start marker
+    prime = config.sample_prime or ""
+    if prime and not data.vocab.unknown(prime):
+        return prime
+    first = data.vocab.decode(data.train[:1].tolist())
+    return first or data.vocab.decode([0])
+
+
 def train(
     config: TrainConfig | None = None,
     *,
@@ -426,6 +432,8 @@ def train(
     if run_dir.exists() and overwrite and trainer.is_main:
         rundir.clear_run_dir(run_dir)
     trainer.sizing_note = sizing_note
+    if trainer.is_main:
+        data.write_fingerprints(run_dir)  # documents mode: for sample --novel
     attach_reporting(trainer, console=console, bar=progress_bar)
     for event, fns in (callbacks or {}).items():
         for fn in fns:

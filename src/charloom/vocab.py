@@ -6,6 +6,10 @@
 
 In ``bytes`` mode one "character" of the model is one byte of UTF-8; a multi-byte character
 (an accented letter, a CJK character, an emoji) is several steps.
+
+A vocabulary for documents mode (``documents=True``) has one more symbol, the end of a
+document, with the id after every character's (``bytes``: 256). It is an id, not a character, so
+no text can contain it: encoding a text never yields it, and decoding leaves it out.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Vocab:
 
     kind: str
     chars: tuple[str, ...] = ()
+    #: Whether the vocabulary has the end-of-document symbol (id :attr:`end`).
+    documents: bool = False
     _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,20 +69,32 @@ class Vocab:
 
     # --- construction -------------------------------------------------------------------
     @classmethod
-    def build(cls, kind: str, text: str = "") -> Vocab:
-        """A vocabulary of ``kind``; ``corpus`` takes the characters of ``text``."""
+    def build(cls, kind: str, text: str = "", documents: bool = False) -> Vocab:
+        """A vocabulary of ``kind``; ``corpus`` takes the characters of ``text``; with
+        ``documents``, the end-of-document symbol after them."""
         if kind == "corpus":
             if not text:
                 raise CharloomError("a corpus vocabulary needs a non-empty text")
-            return cls("corpus", tuple(sorted(set(text))))
+            return cls("corpus", tuple(sorted(set(text))), documents)
         if kind == "printable":
-            return cls("printable", tuple(string.printable))
-        return cls(kind)
+            return cls("printable", tuple(string.printable), documents)
+        return cls(kind, documents=documents)
 
     # --- properties ---------------------------------------------------------------------
     @property
     def size(self) -> int:
+        """Ids in the vocabulary: the characters (or 256 bytes), plus the end symbol if any."""
+        return self.chars_size + int(self.documents)
+
+    @property
+    def chars_size(self) -> int:
+        """Ids that stand for characters (bytes): ``0..chars_size-1``."""
         return 256 if self.kind == "bytes" else len(self.chars)
+
+    @property
+    def end(self) -> int | None:
+        """The id of the end-of-document symbol (one past the characters), or None."""
+        return self.chars_size if self.documents else None
 
     def __len__(self) -> int:
         return self.size
@@ -141,9 +159,23 @@ class Vocab:
         index = self._index
         return np.fromiter((index[c] for c in text), dtype=self.dtype, count=len(text))
 
+    def encode_documents(self, documents: Sequence[str], what: str = "text") -> np.ndarray:
+        """Ids of ``documents`` joined by the end symbol, with one before the first and one
+        after the last: ``E d1 E d2 ... E dn E``, shape ``(n,)``. The end symbol ends each
+        document and, as the symbol before it, marks where the next one starts."""
+        if self.end is None:
+            raise CharloomError("this vocabulary has no end-of-document symbol")
+        end = np.array([self.end], dtype=self.dtype)
+        parts = [end]
+        for doc in documents:
+            parts.append(self.encode(doc, what).astype(self.dtype, copy=False))
+            parts.append(end)
+        return np.concatenate(parts)
+
     def decode(self, ids) -> str:
-        """Text of ``ids`` (any iterable of ints); in bytes mode invalid UTF-8 becomes U+FFFD."""
-        ids = [int(i) for i in ids]
+        """Text of ``ids`` (any iterable of ints); in bytes mode invalid UTF-8 becomes U+FFFD.
+        The end-of-document symbol is not a character: it is left out."""
+        ids = [int(i) for i in ids if i != self.end]
         if self.kind == "bytes":
             return bytes(ids).decode("utf-8", errors="replace")
         return "".join(self.chars[i] for i in ids)
@@ -157,6 +189,8 @@ class Vocab:
         d: dict = {"kind": self.kind, "size": self.size}
         if self.kind != "bytes":
             d["chars"] = "".join(self.chars)
+        if self.documents:
+            d["end"] = self.end  # a vocabulary saved before documents mode has no "end"
         return d
 
     @classmethod
@@ -169,7 +203,14 @@ class Vocab:
         chars = d.get("chars", "")
         if kind != "bytes" and not isinstance(chars, str):
             raise CharloomError("the saved vocabulary's characters are not a string")
-        vocab = cls(kind, tuple(chars) if kind != "bytes" else ())
+        end = d.get("end")
+        if end is not None and (isinstance(end, bool) or not isinstance(end, int)):
+            raise CharloomError(f"the saved vocabulary's end symbol {end!r} is not an id")
+        vocab = cls(kind, tuple(chars) if kind != "bytes" else (), end is not None)
+        if end is not None and end != vocab.end:
+            raise CharloomError(
+                f"the saved vocabulary's end symbol is {end}, not the id after its characters"
+            )
         if "size" in d and d["size"] != vocab.size:
             raise CharloomError(
                 f"the saved vocabulary says size {d['size']!r} but holds {vocab.size} entries"
@@ -190,7 +231,10 @@ class StreamDecoder:
 
     def feed(self, ids: Sequence[int]) -> str:
         """The text that ``ids`` (the next ids of the sample, any number) complete; feeding a
-        block gives the same text as feeding its ids one by one."""
+        block gives the same text as feeding its ids one by one. End symbols are left out."""
+        end = self.vocab.end
+        if end is not None and end in ids:
+            ids = [t for t in ids if t != end]
         if self._utf8 is None:
             chars = self.vocab.chars
             return "".join([chars[t] for t in ids])

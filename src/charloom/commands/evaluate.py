@@ -39,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict()))
     else:
         skipped = f"  ({result.skipped:,} unknown chars skipped)" if result.skipped else ""
+        if model.vocab.end is not None:
+            skipped += (
+                f"  (documents mode, {model.documents_mode}: the chars include "
+                f"{result.end_symbols:,} end-of-document symbols)"
+            )
         print(
             f"{source.describe()}: {result.chars:,} chars  loss {result.loss:.4f} nats/char  "
             f"{result.bpc:.4f} bits/char  perplexity {result.perplexity:.3f}{skipped}"

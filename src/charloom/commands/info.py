@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"parameters    {info['parameters']:,}")
     norm = " (ASCII-normalised)" if m.ascii else ""
+    if m.vocab.end is not None:
+        shown += f", and the end of a document (documents mode: {m.documents_mode})"
     print(f"vocabulary    {m.vocab.kind}, {m.vocab.size} symbols{norm}: {shown}")
     print(
         f"trained       {num('iterations', 0):,} iterations, {num('chars_seen', 0):,} chars, "

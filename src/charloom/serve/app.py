@@ -14,9 +14,8 @@ if the model itself fails; with API keys, 401 without a valid one (auth.py).
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at
 # run time, and the request models are local to create_app.
 
-import json
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from contextlib import aclosing, asynccontextmanager
 from importlib import resources
 from typing import Any, cast
@@ -24,7 +23,7 @@ from typing import Any, cast
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
@@ -32,6 +31,7 @@ from ..charmodel import CharModel
 from ..sample import SampleSettings
 from .auth import ApiKeys, KeyAuth
 from .clients import AccessLog, ClientBusy, ClientShares, ShareGuard, client_of, refusal
+from .events import EventStream, sse
 from .jobs import GenerateJob, NextJob
 from .limits import ServeLimits
 from .scheduler import GenerationFailed, Scheduler, ServerBusy
@@ -198,54 +198,6 @@ def _unknown_chars_error(model: CharModel, field: str, text: str) -> RequestVali
     )
 
 
-# --- server-sent events ---------------------------------------------------------------------
-def sse(event: str, data: dict) -> bytes:
-    """One server-sent event; JSON keeps the data on one line."""
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
-
-
-class EventStream(Response):
-    """A ``text/event-stream`` response that stops its source as soon as the client goes away.
-
-    It listens for ``http.disconnect`` while it sends, and closes the event iterator either way,
-    so the generation job behind it is cancelled at the scheduler's next chunk.
-    """
-
-    media_type = "text/event-stream"
-
-    def __init__(self, events: AsyncGenerator[bytes, None], on_close: Callable[[], None]) -> None:
-        self.events = events
-        self.on_close = on_close
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self._send_all(receive, send)
-        finally:
-            self.on_close()
-
-    async def _send_all(self, receive: Receive, send: Send) -> None:
-        async with aclosing(self.events) as events, anyio.create_task_group() as group:
-
-            async def watch() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                group.cancel_scope.cancel()
-
-            group.start_soon(watch)
-            try:
-                start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-                await send(start)
-                async for chunk in events:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            except OSError:  # the client vanished mid-write
-                pass
-            group.cancel_scope.cancel()
-
-
 # --- the app ----------------------------------------------------------------------------------
 def create_app(
     model: CharModel,
@@ -365,7 +317,12 @@ def create_app(
             )
             if k in tr
         }
-        vocab_info = {"kind": vocab.kind, "size": vocab.size, "ascii": model.ascii}
+        vocab_info = {
+            "kind": vocab.kind,
+            "size": vocab.size,
+            "ascii": model.ascii,
+            "documents": model.documents_mode,
+        }
         if vocab.kind != "bytes" and vocab.size <= 4096:
             vocab_info["chars"] = "".join(vocab.chars)
         return {
@@ -403,10 +360,21 @@ def create_app(
     )
     async def generate(req: GenerateRequest, request: Request):  # type: ignore[valid-type]
         req = cast(GenerateParams, req)  # the run-time model has these fields
-        prime, prime_ids = prepare("prime", req.prime)
+        documents = vocab.end is not None if req.documents is None else req.documents
+        if documents and vocab.end is None:
+            msg = "this model was not trained in documents mode"
+            raise RequestValidationError(
+                [{"loc": ("body", "documents"), "type": "value_error", "msg": msg}]
+            )
+        given = req.prime if "prime" in req.model_fields_set else None
+        prime, prime_ids = "", list[int]()
+        if given or not documents:  # a document may start from nothing but its start
+            prime, prime_ids = prepare("prime", model.default_prime(given))
         settings = SampleSettings(req.temperature, req.top_k, req.top_p, req.greedy)
         settings.validate()
-        job = GenerateJob(prime_ids, settings, req.length, req.num_samples, req.seed)
+        job = GenerateJob(
+            prime_ids, settings, req.length, req.num_samples, req.seed, documents=documents
+        )
         completions = [""] * req.num_samples
         started = time.perf_counter()
         share = shares.take(client_of(request.scope).id, job.rows)  # 429 past the client's
@@ -419,6 +387,7 @@ def create_app(
                 texts=[prime + c for c in completions],
                 completions=completions,
                 prime=prime,
+                ended=job.ended(),
                 length=req.length,
                 num_samples=req.num_samples,
                 seed=req.seed,
@@ -445,6 +414,7 @@ def create_app(
                     {
                         "texts": [prime + c for c in completions],
                         "completions": completions,
+                        "ended": job.ended(),
                         "elapsed_s": round(time.perf_counter() - started, 4),
                     },
                 )
@@ -480,7 +450,10 @@ def create_app(
 
 
 def _char(vocab, token: int) -> str | None:
-    """The character of ``token``; in bytes mode, ``None`` for a byte that is not ASCII."""
+    """The character of ``token``; in bytes mode, ``None`` for a byte that is not ASCII, and
+    ``None`` for the end-of-document symbol (not a character)."""
+    if token == vocab.end:
+        return None
     if vocab.kind == "bytes":
         return chr(token) if token < 128 else None
     return vocab.chars[token]

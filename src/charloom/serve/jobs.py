@@ -36,6 +36,8 @@ class GenerateJob:
     length: int
     num_samples: int = 1
     seed: int | None = None
+    #: Documents mode: each row is one document, stopped at the end symbol (``length``: a cap).
+    documents: bool = False
     # Run-time fields. The worker thread owns the stream, the tensors and the text made so far;
     # the event loop only sets ``cancelled`` and reads what the worker delivers through ``queue``.
     cancelled: bool = False
@@ -103,8 +105,9 @@ class GenerateJob:
     def prime(self, start: Starter, vocab: Vocab) -> None:
         """Run the prime once (one row) with ``start(prime_ids, rows)`` (``Stepper.start``) and
         give every sample a copy of the resulting state."""
+        end = vocab.end if self.documents else None
         self.stream = SampleStream(
-            vocab, self.prime_ids, self.length, self.settings, self.num_samples, self.seed
+            vocab, self.prime_ids, self.length, self.settings, self.num_samples, self.seed, end
         )
         self.fresh = [[] for _ in range(self.num_samples)]
         if self.stream.done:  # length 0
@@ -118,7 +121,24 @@ class GenerateJob:
         settings: each seeded job still draws from its own stream, and its text is the same as
         ``charloom sample --seed`` gives, whatever else is running."""
         s = self.settings
-        return ("greedy",) if s.greedy else ("sampled", float(s.temperature), s.top_k, s.top_p)
+        key = ("greedy",) if s.greedy else ("sampled", float(s.temperature), s.top_k, s.top_p)
+        return (*key, self.end)
+
+    @property
+    def end(self) -> int | None:
+        """The end-of-document id an engine stops this job's rows at (documents mode)."""
+        return self.stream.end if self.stream is not None else None
+
+    def stopped(self) -> torch.Tensor:
+        """``(num_samples,)`` bool: rows that need no more steps (documents that ended)."""
+        assert self.stream is not None  # set by prime(), which runs before any step
+        return torch.from_numpy(self.stream.stopped())
+
+    def ended(self) -> list[bool] | None:
+        """Documents mode: whether each row's document ended by itself; None otherwise."""
+        if self.stream is None or self.stream.end is None:
+            return None
+        return list(self.stream.ended)
 
     def take(self, ids: torch.Tensor) -> None:
         """Keep this job's newly drawn ``ids (steps, num_samples)``. They are decoded when the
@@ -128,7 +148,8 @@ class GenerateJob:
         self.pending_steps += ids.shape[0]
         stream = self.stream
         assert stream is not None  # set by prime(), which runs before any step
-        if stream.length - min(stream.counts) - self.pending_steps <= 0:
+        # Documents end when they draw their end symbol: decode at once to see it.
+        if stream.end is not None or stream.length - min(stream.counts) - self.pending_steps <= 0:
             self._decode()
 
     def _decode(self) -> None:

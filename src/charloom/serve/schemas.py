@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..charmodel import CharModel
+from ..charmodel import DEFAULT_PRIME, CharModel
 from ..sample import SampleSettings
 from .limits import ServeLimits
 
@@ -34,6 +34,8 @@ class GenerateParams(Protocol):
     itself is built at run time by :func:`request_models`)."""
 
     prime: str
+    documents: bool | None
+    model_fields_set: set[str]
     length: int
     temperature: float
     top_k: int | None
@@ -88,9 +90,16 @@ def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type[BaseModel
         """Generate ``num_samples`` texts: the prime followed by ``length`` new characters."""
 
         model_config = _STRICT
-        prime: str = prime_field(
-            _SAMPLE_DEFAULTS["prime"],
-            description="text to start from; every character must be in the model's vocabulary",
+        prime: str = Field(
+            DEFAULT_PRIME,
+            max_length=limits.max_prime,
+            description='text to start from (default "Th"; documents mode: none); every '
+            "character must be in the model's vocabulary",
+        )
+        documents: bool | None = Field(
+            None,
+            description="whole documents, each stopped at its end, length being a cap "
+            "(default: whether the model was trained in documents mode)",
         )
         length: int = Field(
             min(_SAMPLE_DEFAULTS["length"], limits.max_length),
@@ -134,6 +143,11 @@ class GenerateResponse(BaseModel):
     texts: list[str] = Field(description="each sample: the prime followed by its completion")
     completions: list[str] = Field(description="each sample's new characters only")
     prime: str = Field(description="the prime as the model read it (after normalisation)")
+    ended: list[bool] | None = Field(
+        None,
+        description="documents mode: whether each document ended by itself (false: it was "
+        "cut at the length cap)",
+    )
     length: int
     num_samples: int
     seed: int | None

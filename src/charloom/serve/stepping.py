@@ -118,7 +118,8 @@ class Stepper:
         start = time.perf_counter()
         groups: dict[tuple, _Group] = {}
         for job in jobs:
-            groups.setdefault(job.group_key(), _Group(job.settings)).members.append(job)
+            group = groups.setdefault(job.group_key(), _Group(job.settings, job.end))
+            group.members.append(job)
         for group in groups.values():
             group.gather(planned, self._shared)
         done = 0
@@ -127,7 +128,7 @@ class Stepper:
             for group in groups.values():
                 self._run(group, done, n)
             done += n
-            if interrupted():
+            if interrupted() or all(group.all_stopped() for group in groups.values()):
                 break
         for group in groups.values():
             group.scatter(done)
@@ -175,7 +176,9 @@ class _Group:
     the members' side by side, in the order of ``members``."""
 
     settings: SampleSettings
+    end: int | None = None  # documents mode: the engine stops rows at this id
     members: list[GenerateJob] = field(default_factory=list)
+    stopped: torch.Tensor | None = None  # (B,) bool, documents mode: rows whose document ended
     state: tuple[torch.Tensor, ...] = ()
     logits: torch.Tensor | None = None
     uniforms: torch.Tensor | None = None
@@ -207,12 +210,25 @@ class _Group:
                 parts.append(common[:, column : column + job.rows])
                 column += job.rows
         self.uniforms = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        if self.end is not None:
+            self.stopped = torch.cat([job.stopped() for job in members])
+
+    def all_stopped(self) -> bool:
+        """Documents mode: whether every row's document has ended (no step is worth taking)."""
+        return self.stopped is not None and bool(self.stopped.all())
 
     def run(self, generator, start: int, steps: int) -> None:
         """Steps ``start:start+steps`` of the chunk, in one engine call."""
         assert self.uniforms is not None and self.logits is not None  # set by gather()
         u = self.uniforms[start : start + steps]
-        ids, self.state, self.logits = generator.run(self.state, self.logits, u, self.settings)
+        if self.end is None:
+            ids, self.state, self.logits = generator.run(self.state, self.logits, u, self.settings)
+        else:
+            assert self.stopped is not None  # set by gather()
+            ids, self.state, self.logits = generator.run(
+                self.state, self.logits, u, self.settings, self.end, self.stopped
+            )
+            self.stopped = self.stopped | (ids == self.end).any(0)
         self.ids.append(ids)
 
     def scatter(self, done: int) -> None:
