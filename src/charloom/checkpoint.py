@@ -31,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import basemodel
 from ._version import __version__
 from .errors import CharloomError
 from .model import CharRNN, ModelConfig
@@ -93,7 +94,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of file ``path``, as hex (what manifests and fine-tuned runs record)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -112,8 +114,16 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def config_dict(model_config: ModelConfig, vocab: Vocab, ascii: bool, summary: dict) -> dict:
-    return {
+def config_dict(
+    model_config: ModelConfig,
+    vocab: Vocab,
+    ascii: bool,
+    summary: dict,
+    parent: dict | None = None,
+) -> dict:
+    """What ``config.json`` holds; ``parent``: the run a fine-tuned model started from (see
+    ``finetune.parent_record``), absent for a model trained from scratch."""
+    out = {
         "format": FORMAT,
         "charloom_version": __version__,
         "model": model_config.to_dict(),
@@ -121,6 +131,9 @@ def config_dict(model_config: ModelConfig, vocab: Vocab, ascii: bool, summary: d
         "text": {"ascii": ascii},
         "training": summary,
     }
+    if parent is not None:
+        out["parent"] = parent
+    return out
 
 
 def write_checkpoint(
@@ -159,7 +172,7 @@ def write_checkpoint(
         manifest = {
             "format": FORMAT,
             "files": {
-                f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files
+                f: {"bytes": (tmp / f).stat().st_size, "sha256": file_sha256(tmp / f)} for f in files
             },
         }
         write_json(tmp / MANIFEST_FILE, manifest)
@@ -221,7 +234,7 @@ def verify_manifest(ckpt: Path) -> None:
         if (
             not isinstance(info, dict)
             or p.stat().st_size != info.get("bytes")
-            or _sha256(p) != info.get("sha256")
+            or file_sha256(p) != info.get("sha256")
         ):
             raise CharloomError(
                 f"{ckpt}: {fname} does not match its manifest (truncated or altered)"
@@ -269,6 +282,8 @@ def parse_config(cfg, where: Path) -> tuple[ModelConfig, Vocab, dict]:
         )
         if not ok:
             raise CharloomError(f"{where}: the training summary's {key!r} is not valid")
+    if not isinstance(cfg.get("parent", {}), dict):
+        raise CharloomError(f"{where}: the 'parent' record is not an object")
     if model_config.vocab_size != vocab.size:
         raise CharloomError(
             f"{where}: model vocab_size {model_config.vocab_size} does not match the vocabulary "
@@ -313,7 +328,7 @@ def _complete(ckpt: Path) -> str | None:
 def resolve_checkpoint(path: str | os.PathLike, which: str = BEST) -> Path:
     """The checkpoint folder meant by ``path``: a checkpoint folder, a file inside one, or a run
     directory (then ``which``: ``best`` if it exists, else ``latest``)."""
-    p = Path(path)
+    p = basemodel.builtin_path(str(path)) or Path(path)
     if not p.exists():
         raise CharloomError(f"no such run or checkpoint: {str(path)!r}")
     if p.is_file():
@@ -332,6 +347,7 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = BEST) -> Path:
             return p / name  # incomplete: loading it reports why
     raise CharloomError(
         f"{str(path)!r} is not a charloom run or checkpoint (no {which}/ or latest/)"
+        + basemodel.shadow_note(str(path))
     )
 
 
