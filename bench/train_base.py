@@ -1,7 +1,14 @@
 """Train charloom's built-in base model and write it, with its model card, into the package.
 
-    PYTHONPATH=src python bench/train_base.py                 # train, then export
+    PYTHONPATH=src python bench/train_base.py                 # both stages, then export
+    PYTHONPATH=src python bench/train_base.py --stage 2       # only the second stage
     PYTHONPATH=src python bench/train_base.py --export RUN    # export an already trained run
+
+Training has two stages: ``SETTINGS["iters"]`` iterations with a cosine schedule, then the run
+is resumed with ``--iters FINAL_ITERS`` (the cosine's horizon moves, so the learning rate rises
+from its floor to the schedule's value at that point and decays again: a warm restart). The
+second stage exists because the first was all a loaded, shared CPU allowed in the time planned;
+both are deterministic, so the same commands give the same weights on the same machine.
 
 The data is text the project may redistribute:
 
@@ -59,6 +66,8 @@ SETTINGS = dict(
     # One thread: on a CPU shared with other work, two threads mostly wait for each other.
     threads=1,
 )
+#: The second stage resumes the run to this many iterations.
+FINAL_ITERS = 1000
 
 
 def base_text(shakespeare: Path) -> tuple[str, list[dict]]:
@@ -111,6 +120,19 @@ def train(out: Path, shakespeare: Path, command: str) -> tuple[Path, dict]:
     return out, record
 
 
+def extend(out: Path, shakespeare: Path, command: str) -> tuple[Path, dict]:
+    """The second stage: resume ``out`` to :data:`FINAL_ITERS` iterations."""
+    text, _ = base_text(shakespeare)
+    record = json.loads((out / "base_training.json").read_text())
+    start = time.time()
+    trainer = charloom.load_trainer(out, {"iters": FINAL_ITERS}, text=text, progress_bar=False)
+    trainer.run()
+    record["command"] = f"{record['command']}; then {command}"
+    record["wall_s"] = round(record["wall_s"] + time.time() - start, 1)
+    (out / "base_training.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out, record
+
+
 def export(run: Path, record: dict) -> None:
     """Copy ``run``'s best checkpoint into the package and write the model card beside it."""
     best = run / "best"
@@ -130,6 +152,7 @@ def export(run: Path, record: dict) -> None:
             "settings": SETTINGS,
             "seed": SETTINGS["seed"],
             "iterations": config["training"]["iterations"],
+            "stages": f"{SETTINGS['iters']} iterations, then resumed to {FINAL_ITERS}",
             "chars_seen": config["training"]["chars_seen"],
             "best_val_loss": config["training"]["best_val_loss"],
             "best_iteration": config["training"]["best_iteration"],
@@ -165,6 +188,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/base-train", help="run directory for the training")
     ap.add_argument("--shakespeare", default=str(SHAKESPEARE), help="tiny shakespeare's path")
     ap.add_argument("--export", metavar="RUN", help="only export RUN (already trained)")
+    ap.add_argument("--stage", type=int, choices=(1, 2), help="run only this stage")
     args = ap.parse_args()
     command = "python bench/train_base.py " + " ".join(sys.argv[1:])
     if args.export:
@@ -172,7 +196,11 @@ def main() -> None:
         record_file = run / "base_training.json"
         record = json.loads(record_file.read_text()) if record_file.exists() else {}
     else:
-        run, record = train(Path(args.out), Path(args.shakespeare), command.strip())
+        run, shakespeare = Path(args.out), Path(args.shakespeare)
+        if args.stage != 2:
+            run, record = train(run, shakespeare, command.strip())
+        if args.stage != 1:
+            run, record = extend(run, shakespeare, command.strip())
     export(run, record)
 
 

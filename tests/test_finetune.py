@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from conftest import TINY_FLAGS, make_text, tiny_overrides
+from safetensors.torch import load_file
 
 import charloom
 from charloom import finetune
@@ -79,7 +79,9 @@ def test_extension_keeps_every_old_row_bit_identical(parent, tmp_path):
         else:
             assert torch.equal(new[name], tensor), name
     # New rows: the mean of the parent's rows, and the parent's lowest output bias.
-    assert torch.allclose(new["embedding.weight"][n:], old["embedding.weight"].mean(0).expand(3, -1))
+    assert torch.allclose(
+        new["embedding.weight"][n:], old["embedding.weight"].mean(0).expand(3, -1)
+    )
     assert torch.allclose(new["head.weight"][n:], old["head.weight"].mean(0).expand(3, -1))
     assert torch.equal(new["head.bias"][n:], old["head.bias"].min().expand(3))
 
@@ -108,9 +110,13 @@ def test_new_rows_receive_gradient_and_the_model_emits_them(parent, tmp_path):
 
 def test_parent_recorded_with_its_own_parent(parent, tmp_path):
     child, grandchild = tmp_path / "child", tmp_path / "grandchild"
-    charloom.train(tiny(init_from=str(parent), iters=2), text=child_text(), out=child, console=False)
     charloom.train(
-        tiny(init_from=str(child / "latest"), iters=2), text=child_text(), out=grandchild,
+        tiny(init_from=str(parent), iters=2), text=child_text(), out=child, console=False
+    )
+    charloom.train(
+        tiny(init_from=str(child / "latest"), iters=2),
+        text=child_text(),
+        out=grandchild,
         console=False,
     )
     rec = config_json(grandchild)["parent"]
@@ -128,7 +134,9 @@ def test_parent_recorded_with_its_own_parent(parent, tmp_path):
 
 def test_info_shows_the_parent_chain(parent, tmp_path, capsys):
     child = tmp_path / "child"
-    charloom.train(tiny(init_from=str(parent), iters=2), text=child_text(), out=child, console=False)
+    charloom.train(
+        tiny(init_from=str(parent), iters=2), text=child_text(), out=child, console=False
+    )
     assert main(["info", str(child)]) == 0
     out = capsys.readouterr().out
     sha = file_sha256(parent / "best" / "model.safetensors")
@@ -205,7 +213,8 @@ def test_error_not_a_run(tmp_path, text_path, capsys):
     out = tmp_path / "out"
     expect_error(capsys, train_argv(text_path, out, "--init-from", "nowhere"), "--init-from")
     expect_error(
-        capsys, train_argv(text_path, out, "--init-from", str(tmp_path / "empty")),
+        capsys,
+        train_argv(text_path, out, "--init-from", str(tmp_path / "empty")),
         "not a charloom run",
     )
     expect_error(capsys, train_argv(text_path, out, "--init-from", str(text_path)), "not a")
@@ -230,17 +239,23 @@ def test_error_corrupted_run(parent, tmp_path, text_path, capsys):
 def test_error_shape_flags_that_disagree(parent, bytes_parent, tmp_path, text_path, capsys):
     out = tmp_path / "out"
     msg = expect_error(
-        capsys, train_argv(text_path, out, "--init-from", str(parent), "--model", "gru"),
-        "--model gru", "disagrees", "lstm 1x32",
+        capsys,
+        train_argv(text_path, out, "--init-from", str(parent), "--model", "gru"),
+        "--model gru",
+        "disagrees",
+        "lstm 1x32",
     )
     assert "leave --model out" in msg
     expect_error(
-        capsys, train_argv(text_path, out, "--init-from", str(parent), "--hidden", "64"),
+        capsys,
+        train_argv(text_path, out, "--init-from", str(parent), "--hidden", "64"),
         "--hidden 64",
     )
     expect_error(
-        capsys, train_argv(text_path, out, "--init-from", str(bytes_parent), "--vocab", "corpus"),
-        "--vocab corpus", "vocabulary bytes",
+        capsys,
+        train_argv(text_path, out, "--init-from", str(bytes_parent), "--vocab", "corpus"),
+        "--vocab corpus",
+        "vocabulary bytes",
     )
     # Agreeing flags are fine (checked without training: the same messages would be raised).
     assert not out.exists()
@@ -248,7 +263,9 @@ def test_error_shape_flags_that_disagree(parent, bytes_parent, tmp_path, text_pa
 
 def test_error_with_resume(parent, tmp_path, capsys):
     expect_error(
-        capsys, ["train", "--resume", str(parent), "--init-from", str(parent)], "--init-from",
+        capsys,
+        ["train", "--resume", str(parent), "--init-from", str(parent)],
+        "--init-from",
         "--resume",
     )
     with pytest.raises(charloom.CharloomError, match="--init-from"):

@@ -172,7 +172,8 @@ def write_checkpoint(
         manifest = {
             "format": FORMAT,
             "files": {
-                f: {"bytes": (tmp / f).stat().st_size, "sha256": file_sha256(tmp / f)} for f in files
+                f: {"bytes": (tmp / f).stat().st_size, "sha256": file_sha256(tmp / f)}
+                for f in files
             },
         }
         write_json(tmp / MANIFEST_FILE, manifest)

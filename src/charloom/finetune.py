@@ -176,10 +176,8 @@ def new_rows(name: str, rows: torch.Tensor, n: int) -> torch.Tensor:
     """The initial values of ``n`` new rows of vocabulary parameter ``name`` given the parent's
     ``rows`` ``(V_old, ...)``: their mean, except an output bias, which starts at the parent's
     lowest (``NEW_ROW_BIAS="min"``) so that a new symbol starts as unlikely as its rarest."""
-    if name == "head.bias" and NEW_ROW_BIAS == "min":
-        value = rows.min()
-    else:
-        value = rows.mean(dim=0)
+    low_bias = name == "head.bias" and NEW_ROW_BIAS == "min"
+    value = rows.min() if low_bias else rows.mean(dim=0)
     return value.expand(n, *rows.shape[1:]).clone()
 
 

@@ -113,8 +113,17 @@ BUDGET_LADDER: list[tuple[float, dict, float]] = [
 #: does not pick the model (the user has chosen part of what the ladder would choose).
 SIZE_SETTINGS = frozenset(
     {
-        "kind", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr",
-        "precision", "path", "batching",
+        "kind",
+        "layers",
+        "hidden",
+        "embed",
+        "dropout",
+        "batch_size",
+        "seq_len",
+        "lr",
+        "precision",
+        "path",
+        "batching",
     }
 )
 

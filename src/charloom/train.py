@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -412,7 +413,9 @@ def train(
     """
     config = config or TrainConfig()
     config.validate()
-    reading = dict(text=text, paths=paths, corpus=corpus, encoding=encoding, errors=errors)
+    reading: dict[str, Any] = dict(
+        text=text, paths=paths, corpus=corpus, encoding=encoding, errors=errors
+    )
     parent = finetune.load_parent(config.init_from) if config.init_from else None
     if parent is not None:
         config, data, new = finetune.load_data_for(parent, config, given, reading)

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def parent_chain(record: object, limit: int = 20) -> list[str]:
     """The fine-tuning ancestry in ``config.json``'s parent record, nearest first, one line
     each (read from disk: a damaged record ends the chain, it does not stop the report)."""
-    lines = []
+    lines: list[str] = []
     while isinstance(record, dict) and len(lines) < limit:
         sha = record.get("weights_sha256")
         shown = f"{sha[:16]}..." if isinstance(sha, str) else "?"
@@ -104,7 +104,8 @@ def print_card(card: dict) -> None:
     print("model card")
     if card.get("description"):
         print(f"  {card['description']}")
-    training = card.get("training") if isinstance(card.get("training"), dict) else {}
+    given = card.get("training")
+    training: dict = given if isinstance(given, dict) else {}
     rows = [
         ("command", training.get("command")),
         ("seed", training.get("seed")),
@@ -121,7 +122,8 @@ def print_card(card: dict) -> None:
             rows.append(("  licence", part.get("licence")))
     for item in card.get("excluded") or []:
         rows.append(("excluded", item))
-    machine = card.get("machine") if isinstance(card.get("machine"), dict) else {}
+    found = card.get("machine")
+    machine: dict = found if isinstance(found, dict) else {}
     if machine:
         rows.append(
             (
