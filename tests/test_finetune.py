@@ -12,7 +12,7 @@ from conftest import TINY_FLAGS, make_text, tiny_overrides
 from safetensors.torch import load_file
 
 import charloom
-from charloom import finetune
+from charloom import basemodel, finetune
 from charloom.checkpoint import file_sha256
 from charloom.commands import main
 from charloom.model import ModelConfig
@@ -282,3 +282,50 @@ def test_error_leaves_existing_run_untouched_with_overwrite(parent, tmp_path, te
         "--layers 3",
     )
     assert (out / "keep.txt").read_text() == "mine"
+
+
+# --- the built-in base model -------------------------------------------------------------------
+def test_base_model_samples_and_shows_its_card(capsys):
+    assert main(["sample", "base", "--length", "40", "--seed", "1"]) == 0
+    assert len(capsys.readouterr().out.strip()) > 0
+    assert main(["info", "base"]) == 0
+    out = capsys.readouterr().out
+    assert "model card" in out and "PSF License" in out and "public domain" in out
+    assert "bench/train_base.py" in out
+    assert main(["info", "base", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["vocab"]["kind"] == "bytes" and info["card"]["training"]["seed"] == 1337
+    card_data = {part["name"].split()[0] for part in info["card"]["data"]}
+    assert card_data == {"python-docs", "tinyshakespeare"}
+
+
+def test_base_model_is_small_and_never_pickled():
+    folder = basemodel.base_dir()
+    total = sum(p.stat().st_size for p in folder.iterdir())
+    assert total < 10_000_000
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "card.json"}
+    assert not any(p.suffix in (".pt", ".pth", ".pkl", ".bin") for p in folder.iterdir())
+
+
+def test_a_real_path_named_base_takes_precedence(parent, tmp_path, capsys):
+    import shutil
+
+    # tmp_path is the current folder (the autouse fixture): ./base is a run of the user's own.
+    shutil.copytree(parent, tmp_path / "base")
+    assert main(["info", "base", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["vocab"]["kind"] == "corpus"
+    shutil.rmtree(tmp_path / "base")
+    (tmp_path / "base").mkdir()  # a folder that is not a run: the error says what it hides
+    expect_error(capsys, ["sample", "base"], "hides the built-in base model")
+
+
+def test_fine_tune_base_records_it(tmp_path):
+    out = tmp_path / "child"
+    config = preset_config(init_from="base", iters=2, batch_size=4, seq_len=16, eval_every=2)
+    charloom.train(config, text=child_text(), out=out, console=False)
+    rec = config_json(out)["parent"]
+    assert rec["path"] == "base" and rec["builtin"] is True
+    assert rec["weights_sha256"] == file_sha256(basemodel.base_dir() / "model.safetensors")
+    shape = ("kind", "layers", "hidden", "embed", "vocab_size")
+    mine, base = config_json(out)["model"], config_json(basemodel.base_dir().parent, "base")["model"]
+    assert {k: mine[k] for k in shape} == {k: base[k] for k in shape}

@@ -261,8 +261,7 @@ class Trainer:
         if counters.last_val_loss is not None:
             read = min(len(self.data.val), eval_chars(self.config))
             self.last_val = EvalResult(float(counters.last_val_loss), read - 1)
-        self.resumed_from = checkpoint.path
-        self.parent = checkpoint.meta.get("parent")
+        self.resumed_from, self.parent = checkpoint.path, checkpoint.meta.get("parent")
         self.lr = self.clock.learning_rate()
         if self.is_main:
             rundir.truncate_after(self.run_dir, self.iteration)

@@ -110,7 +110,8 @@ def print_card(card: dict) -> None:
         ("command", training.get("command")),
         ("seed", training.get("seed")),
         ("iterations", training.get("iterations")),
-        ("best val", training.get("best_val_loss")),
+        ("stages", training.get("stages")),
+        ("best val", _nats(training.get("best_val_loss"))),
         ("wall time", f"{training['wall_s']} s" if training.get("wall_s") else None),
         ("trained", training.get("started_utc")),
     ]
@@ -136,3 +137,8 @@ def print_card(card: dict) -> None:
     for key, value in rows:
         if value is not None:
             print(f"  {key:<12}{value}")
+
+
+def _nats(value: object) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:.4f} nats/char" if ok else None
