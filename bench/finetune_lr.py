@@ -41,8 +41,9 @@ def main() -> None:
             held_out = text[len(text) - int(len(text) * 0.1) :]
             for lr in (float(x) for x in args.lrs.split(",")):
                 out = Path(tmp) / f"{name}-{lr:g}"
+                # One torch thread: on a shared CPU, two mostly wait for each other.
                 config = charloom.preset_config(
-                    init_from=args.parent, lr=lr, iters=args.iters, eval_every=args.iters
+                    init_from=args.parent, lr=lr, iters=args.iters, eval_every=args.iters, threads=1
                 )
                 t0 = time.perf_counter()
                 charloom.train(config, text=text, out=out, console=False)

@@ -1,14 +1,15 @@
 """Train charloom's built-in base model and write it, with its model card, into the package.
 
-    PYTHONPATH=src python bench/train_base.py                 # both stages, then export
-    PYTHONPATH=src python bench/train_base.py --stage 2       # only the second stage
+    PYTHONPATH=src python bench/train_base.py                 # every stage, then export
+    PYTHONPATH=src python bench/train_base.py --stage 3       # only the third stage
     PYTHONPATH=src python bench/train_base.py --export RUN    # export an already trained run
 
-Training has two stages: ``SETTINGS["iters"]`` iterations with a cosine schedule, then the run
-is resumed with ``--iters FINAL_ITERS`` (the cosine's horizon moves, so the learning rate rises
-from its floor to the schedule's value at that point and decays again: a warm restart). The
-second stage exists because the first was all a loaded, shared CPU allowed in the time planned;
-both are deterministic, so the same commands give the same weights on the same machine.
+Training runs in stages: ``SETTINGS["iters"]`` iterations with a cosine schedule, then the run
+is resumed to each of the later ``STAGES`` in turn (``--iters N``: the cosine's horizon moves,
+so the learning rate rises from its floor to the schedule's value at that point and decays
+again, a warm restart). The stages exist because a loaded, shared CPU ran each at a speed that
+could not be known in advance; every stage is deterministic, so the same commands give the same
+weights on the same machine.
 
 The data is text the project may redistribute:
 
@@ -66,8 +67,8 @@ SETTINGS = dict(
     # One thread: on a CPU shared with other work, two threads mostly wait for each other.
     threads=1,
 )
-#: The second stage resumes the run to this many iterations.
-FINAL_ITERS = 1000
+#: The iterations at the end of each stage: the first trains, each later one resumes the run.
+STAGES = (400, 650, 1000)
 
 
 def base_text(shakespeare: Path) -> tuple[str, list[dict]]:
@@ -120,12 +121,12 @@ def train(out: Path, shakespeare: Path, command: str) -> tuple[Path, dict]:
     return out, record
 
 
-def extend(out: Path, shakespeare: Path, command: str) -> tuple[Path, dict]:
-    """The second stage: resume ``out`` to :data:`FINAL_ITERS` iterations."""
+def extend(out: Path, shakespeare: Path, command: str, iters: int) -> tuple[Path, dict]:
+    """A later stage: resume ``out`` to ``iters`` iterations."""
     text, _ = base_text(shakespeare)
     record = json.loads((out / "base_training.json").read_text())
     start = time.time()
-    trainer = charloom.load_trainer(out, {"iters": FINAL_ITERS}, text=text, progress_bar=False)
+    trainer = charloom.load_trainer(out, {"iters": iters}, text=text, progress_bar=False)
     trainer.run()
     record["command"] = f"{record['command']}; then {command}"
     record["wall_s"] = round(record["wall_s"] + time.time() - start, 1)
@@ -152,7 +153,7 @@ def export(run: Path, record: dict) -> None:
             "settings": SETTINGS,
             "seed": SETTINGS["seed"],
             "iterations": config["training"]["iterations"],
-            "stages": f"{SETTINGS['iters']} iterations, then resumed to {FINAL_ITERS}",
+            "stages": "trained to " + ", then resumed to ".join(map(str, STAGES)),
             "chars_seen": config["training"]["chars_seen"],
             "best_val_loss": config["training"]["best_val_loss"],
             "best_iteration": config["training"]["best_iteration"],
@@ -188,7 +189,9 @@ def main() -> None:
     ap.add_argument("--out", default="runs/base-train", help="run directory for the training")
     ap.add_argument("--shakespeare", default=str(SHAKESPEARE), help="tiny shakespeare's path")
     ap.add_argument("--export", metavar="RUN", help="only export RUN (already trained)")
-    ap.add_argument("--stage", type=int, choices=(1, 2), help="run only this stage")
+    ap.add_argument(
+        "--stage", type=int, choices=range(1, len(STAGES) + 1), help="run only this stage"
+    )
     args = ap.parse_args()
     command = "python bench/train_base.py " + " ".join(sys.argv[1:])
     if args.export:
@@ -197,10 +200,13 @@ def main() -> None:
         record = json.loads(record_file.read_text()) if record_file.exists() else {}
     else:
         run, shakespeare = Path(args.out), Path(args.shakespeare)
-        if args.stage != 2:
-            run, record = train(run, shakespeare, command.strip())
-        if args.stage != 1:
-            run, record = extend(run, shakespeare, command.strip())
+        for stage, iters in enumerate(STAGES, 1):
+            if args.stage not in (None, stage):
+                continue
+            if stage == 1:
+                run, record = train(run, shakespeare, command.strip())
+            else:
+                run, record = extend(run, shakespeare, command.strip(), iters)
     export(run, record)
 
 

@@ -69,9 +69,10 @@ PRESETS: dict[str, dict] = {
 
 
 #: What a fine-tuning run (``init_from``) changes on top of the preset, unless the user gives
-#: them: a lower peak learning rate and a short warm-up, measured on the COVID-19 FAQ and a
-#: tiny shakespeare slice from the base model (docs/finetune.md, "The learning rate").
-FINETUNE: dict = dict(lr=1e-3, warmup=20)
+#: them: a short warm-up (the weights are already trained), and the peak learning rate that
+#: did best of 3e-4, 1e-3 and 3e-3 fine-tuning the base model on the COVID-19 FAQ and a tiny
+#: shakespeare slice (bench/finetune_lr.py; docs/finetune.md, "The learning rate").
+FINETUNE: dict = dict(lr=3e-3, warmup=20)
 
 
 def preset_names() -> list[str]:
@@ -219,7 +220,8 @@ def parent_budget_overrides(
     """For a fine-tuning run, whose size is its parent's (``model``): the precision and the
     dropout that :func:`budget_overrides` would give a model of that size for ``seconds`` on
     ``train_chars`` characters. Its speed is estimated from the ladder's measured speeds, which
-    go as one over the parameters each character passes through (within 6% on the ladder)."""
+    go as one over the parameters each character passes through (within 8% on four of the
+    ladder's five entries, 16% on the largest)."""
     rates = rates or {"fp32": REFERENCE_GFLOPS / 4, "bf16": REFERENCE_GFLOPS}
     precision = "bf16" if rates["bf16"] >= 1.3 * rates["fp32"] else "fp32"
     effective = seconds * rates[precision] / REFERENCE_GFLOPS
