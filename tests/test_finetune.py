@@ -327,5 +327,8 @@ def test_fine_tune_base_records_it(tmp_path):
     assert rec["path"] == "base" and rec["builtin"] is True
     assert rec["weights_sha256"] == file_sha256(basemodel.base_dir() / "model.safetensors")
     shape = ("kind", "layers", "hidden", "embed", "vocab_size")
-    mine, base = config_json(out)["model"], config_json(basemodel.base_dir().parent, "base")["model"]
+    mine, base = (
+        config_json(out)["model"],
+        config_json(basemodel.base_dir().parent, "base")["model"],
+    )
     assert {k: mine[k] for k in shape} == {k: base[k] for k in shape}
