@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from safetensors import SafetensorError
 
+from . import basemodel
 from ._version import __version__
 from .errors import CharloomError
 from .modelconfig import ModelConfig
@@ -103,7 +104,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of file ``path``, as hex (what manifests and fine-tuned runs record)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -123,14 +125,21 @@ def write_json(path: Path, obj) -> None:
 
 
 def config_dict(
-    model_config: ModelConfig, vocab: Vocab, ascii: bool, summary: dict, documents: str = "off"
+    model_config: ModelConfig,
+    vocab: Vocab,
+    ascii: bool,
+    summary: dict,
+    documents: str = "off",
+    parent: dict | None = None,
 ) -> dict:
     """A checkpoint's config.json; ``text`` says how text is read: ``ascii`` normalisation,
-    and the ``documents`` mode (recorded only when on: older runs have none)."""
+    and the ``documents`` mode (recorded only when on: older runs have none); ``parent``: the
+    run a fine-tuned model started from (see ``finetune.parent_record``), absent for a model
+    trained from scratch."""
     text: dict = {"ascii": ascii}
     if documents != "off":
         text["documents"] = documents
-    return {
+    out = {
         "format": FORMAT,
         "charloom_version": __version__,
         "model": model_config.to_dict(),
@@ -138,6 +147,9 @@ def config_dict(
         "text": text,
         "training": summary,
     }
+    if parent is not None:
+        out["parent"] = parent
+    return out
 
 
 def write_checkpoint(
@@ -178,7 +190,8 @@ def write_checkpoint(
         manifest = {
             "format": FORMAT,
             "files": {
-                f: {"bytes": (tmp / f).stat().st_size, "sha256": _sha256(tmp / f)} for f in files
+                f: {"bytes": (tmp / f).stat().st_size, "sha256": file_sha256(tmp / f)}
+                for f in files
             },
         }
         write_json(tmp / MANIFEST_FILE, manifest)
@@ -262,7 +275,7 @@ def verify_manifest(ckpt: Path) -> None:
         if (
             not isinstance(info, dict)
             or p.stat().st_size != info.get("bytes")
-            or _sha256(p) != info.get("sha256")
+            or file_sha256(p) != info.get("sha256")
         ):
             raise CharloomError(
                 f"{ckpt}: {fname} does not match its manifest (truncated or altered)"
@@ -310,6 +323,8 @@ def parse_config(cfg, where: Path) -> tuple[ModelConfig, Vocab, dict]:
         )
         if not ok:
             raise CharloomError(f"{where}: the training summary's {key!r} is not valid")
+    if not isinstance(cfg.get("parent", {}), dict):
+        raise CharloomError(f"{where}: the 'parent' record is not an object")
     if model_config.vocab_size != vocab.size:
         raise CharloomError(
             f"{where}: model vocab_size {model_config.vocab_size} does not match the vocabulary "
@@ -365,7 +380,7 @@ def _complete(ckpt: Path) -> str | None:
 def resolve_checkpoint(path: str | os.PathLike, which: str = BEST) -> Path:
     """The checkpoint folder meant by ``path``: a checkpoint folder, a file inside one, or a run
     directory (then ``which``: ``best`` if it exists, else ``latest``)."""
-    p = Path(path)
+    p = basemodel.builtin_path(str(path)) or Path(path)
     if not p.exists():
         raise CharloomError(f"no such run or checkpoint: {str(path)!r}")
     if p.is_file():
@@ -384,6 +399,7 @@ def resolve_checkpoint(path: str | os.PathLike, which: str = BEST) -> Path:
             return p / name  # incomplete: loading it reports why
     raise CharloomError(
         f"{str(path)!r} is not a charloom run or checkpoint (no {which}/ or latest/)"
+        + basemodel.shadow_note(str(path))
     )
 
 

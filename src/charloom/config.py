@@ -96,6 +96,14 @@ class TrainConfig:
     the flags are generated from these fields, so a new setting is declared once, here."""
 
     model: ModelConfig = _setting(factory=ModelConfig, cli=False)
+    # where the weights start: None for random, else a parent run (finetune.py)
+    init_from: str | None = _setting(
+        None,
+        "fine-tune: start from the weights of RUN (its best checkpoint, or a checkpoint folder "
+        "such as RUN/latest) or of the built-in model 'base'; the model's shape and vocabulary "
+        "come from it",
+        metavar="RUN",
+    )
     # text -> vocabulary
     vocab: str = _setting("corpus", "which characters the model knows", choices=VOCAB_KINDS)
     ascii: bool = _setting(False, "normalise text to ASCII (unidecode, collapse runs of spaces)")
@@ -216,6 +224,10 @@ class TrainConfig:
         _check_float("sample_temperature", self.sample_temperature, lo=0.0, lo_open=True)
         if self.grad_clip is not None:
             _check_float("grad_clip", self.grad_clip, lo=0.0, lo_open=True)
+        if self.init_from is not None and (
+            not isinstance(self.init_from, str) or not self.init_from.strip()
+        ):
+            raise CharloomError(f"--init-from must name a run, not {self.init_from!r}")
         if self.time is not None:
             _check_float("time", self.time, lo=0.0, lo_open=True)
         if (

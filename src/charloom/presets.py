@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from .config import TrainConfig
 from .errors import CharloomError
+from .modelconfig import ModelConfig
 
 #: Used when no preset is named.
 DEFAULT_PRESET = "small"
@@ -66,16 +67,27 @@ PRESETS: dict[str, dict] = {
 }
 
 
+#: What a fine-tuning run (``init_from``) changes on top of the preset, unless the user gives
+#: them: a short warm-up (the weights are already trained), and the peak learning rate that
+#: did best of 3e-4, 1e-3 and 3e-3 fine-tuning the base model on the COVID-19 FAQ and a tiny
+#: shakespeare slice (bench/finetune_lr.py; docs/finetune.md, "The learning rate").
+FINETUNE: dict = dict(lr=3e-3, warmup=20)
+
+
 def preset_names() -> list[str]:
     return list(PRESETS)
 
 
 def preset_config(name: str | None = None, **overrides) -> TrainConfig:
-    """The configuration of preset ``name`` (default: ``small``) with ``overrides`` on top."""
+    """The configuration of preset ``name`` (default: ``small``) with ``overrides`` on top; with
+    ``init_from`` among them, the fine-tuning defaults :data:`FINETUNE` come between the two."""
     name = name or DEFAULT_PRESET
     if name not in PRESETS:
         raise CharloomError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return TrainConfig().replace(**PRESETS[name]).replace(**overrides)
+    config = TrainConfig().replace(**PRESETS[name])
+    if overrides.get("init_from"):
+        config = config.replace(**FINETUNE)
+    return config.replace(**overrides)
 
 
 # --- sizing for a time budget ------------------------------------------------------------------
@@ -101,8 +113,17 @@ BUDGET_LADDER: list[tuple[float, dict, float]] = [
 #: does not pick the model (the user has chosen part of what the ladder would choose).
 SIZE_SETTINGS = frozenset(
     {
-        "kind", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr",
-        "precision", "path", "batching",
+        "kind",
+        "layers",
+        "hidden",
+        "embed",
+        "dropout",
+        "batch_size",
+        "seq_len",
+        "lr",
+        "precision",
+        "path",
+        "batching",
     }
 )
 
@@ -110,7 +131,11 @@ SIZE_SETTINGS = frozenset(
 def sizes_for_budget(overrides: Mapping[str, object], preset: str | None) -> bool:
     """Whether a run given ``overrides`` on top of ``preset`` should have its model sized for its
     time budget (:func:`budget_overrides`): only with a ``time`` budget, no named preset and
-    none of :data:`SIZE_SETTINGS` - a preset or a size setting is a choice the budget respects."""
+    none of :data:`SIZE_SETTINGS` - a preset or a size setting is a choice the budget respects.
+    A fine-tuning run (``init_from``) has its parent's size; the budget then picks its dropout
+    and precision unless the user gave those (:func:`parent_budget_overrides`)."""
+    if overrides.get("init_from"):  # the parent fixed the size: the rule picks only these two
+        return "time" in overrides and not (set(overrides) & {"dropout", "precision"})
     return "time" in overrides and not preset and not (set(overrides) & SIZE_SETTINGS)
 
 
@@ -186,3 +211,62 @@ def budget_overrides(
             if passes > threshold:
                 chosen["dropout"] = dropout
     return chosen
+
+
+def parent_budget_overrides(
+    seconds: float, train_chars: int, model: ModelConfig, rates: dict[str, float] | None = None
+) -> dict:
+    """For a fine-tuning run, whose size is its parent's (``model``): the precision and the
+    dropout that :func:`budget_overrides` would give a model of that size for ``seconds`` on
+    ``train_chars`` characters. Its speed is estimated from the ladder's measured speeds, which
+    go as one over the parameters each character passes through (within 8% on four of the
+    ladder's five entries, 16% on the largest)."""
+    rates = rates or {"fp32": REFERENCE_GFLOPS / 4, "bf16": REFERENCE_GFLOPS}
+    precision = "bf16" if rates["bf16"] >= 1.3 * rates["fp32"] else "fp32"
+    effective = seconds * rates[precision] / REFERENCE_GFLOPS
+    passes = effective * _chars_per_second(model) / max(1, train_chars)
+    dropout = 0.0
+    if model.layers > 1:
+        for threshold, value in DROPOUT_BY_PASSES:
+            if passes > threshold:
+                dropout = value
+    return dict(precision=precision, dropout=dropout)
+
+
+def _chars_per_second(model: ModelConfig) -> float:
+    """The reference machine's training speed for ``model``: speed times parameters is about
+    constant along :data:`BUDGET_LADDER` (measured with a 65-symbol vocabulary)."""
+    products = [
+        speed * ModelConfig(**_shape(entry), vocab_size=65).parameter_count()
+        for _, entry, speed in BUDGET_LADDER
+    ]
+    return sum(products) / len(products) / max(1, model.parameter_count())
+
+
+def _shape(settings: dict) -> dict:
+    return {k: settings[k] for k in ("layers", "hidden", "embed")}
+
+
+def size_for_budget(config: TrainConfig, n_chars: int) -> tuple[TrainConfig, str]:
+    """``config`` with the model, batch and learning rate the budget rule picks for
+    ``config.time`` seconds on ``n_chars`` characters (for a fine-tuning run: the parent's size
+    with the precision and dropout the rule picks for it), and a note saying so."""
+    assert config.time is not None
+    from .device import resolve_device  # torch: only when a budget is sized, not with the CLI
+
+    rates = machine_rate(resolve_device(config.device).type)
+    train_chars = int(n_chars * (1 - config.val_fraction))
+    if config.init_from:
+        chosen = parent_budget_overrides(config.time, train_chars, config.model, rates)
+    else:
+        chosen = budget_overrides(config.time, train_chars, rates)
+    config = config.replace(**chosen)
+    whose = " (the parent's size)" if config.init_from else ""
+    note = (
+        f"sized for a {config.time:g} s budget on {n_chars:,} chars "
+        f"(matmul {rates['fp32']:,.0f} GFLOP/s fp32, {rates['bf16']:,.0f} bf16): "
+        f"{config.model.kind} {config.model.layers}x{config.model.hidden}{whose}, "
+        f"{config.precision}, dropout {config.model.dropout:g}, "
+        f"batch {config.batch_size}x{config.seq_len}, lr {config.lr:g}"
+    )
+    return config, note

@@ -14,14 +14,15 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed, rundir
+from . import distributed, finetune, rundir
 from .batches import make_batches
 from .config import TrainConfig, check_resume_overrides
 from .corpus import TextSource
@@ -30,7 +31,7 @@ from .device import PrivateRng, check_precision, resolve_device, resolve_precisi
 from .errors import CharloomError, TrainingInterrupted
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN
-from .presets import budget_overrides, machine_rate
+from .presets import size_for_budget as sized_for_budget
 from .reporting import attach_reporting, require_tensorboard
 from .sample import SampleSettings, sample
 from .schedule import BudgetClock, eval_chars
@@ -97,7 +98,8 @@ class Trainer:
         self.sample_text = ""
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
-        self.sizing_note: str | None = None  # how the model was sized for a --time budget
+        self.sizing_note: str | None = None  # how the model was sized (--time, --init-from)
+        self.parent: dict | None = None  # the run it was fine-tuned from (finetune.py)
         self._prime = training_prime(self.config, self.data)
 
     # what callbacks read ------------------------------------------------------------------
@@ -191,8 +193,8 @@ class Trainer:
         }
 
     def _config_json(self) -> dict:
-        c = self.config
-        return ckpt.config_dict(c.model, self.data.vocab, c.ascii, self.summary(), c.documents)
+        c, vocab = self.config, self.data.vocab
+        return ckpt.config_dict(c.model, vocab, c.ascii, self.summary(), c.documents, self.parent)
 
     def save(self) -> Path | None:
         """Write ``latest/``: weights and everything needed to resume exactly. Under torchrun
@@ -253,7 +255,7 @@ class Trainer:
         if counters.last_val_loss is not None:
             read = min(len(self.data.val), eval_chars(self.config))
             self.last_val = EvalResult(float(counters.last_val_loss), read - 1)
-        self.resumed_from = checkpoint.path
+        self.resumed_from, self.parent = checkpoint.path, checkpoint.meta.get("parent")
         self.lr = self.clock.learning_rate()
         if self.is_main:
             rundir.truncate_after(self.run_dir, self.iteration)
@@ -404,22 +406,31 @@ def train(
     console: bool = True,
     progress_bar: bool = True,
     size_for_budget: bool = False,
+    given: Collection[str] = (),
 ) -> TrainResult:
     """Train a new model on ``text`` (a string), or on ``paths``/``corpus`` (read from disk).
 
     Everything is checked before the run directory is created, so a bad input writes nothing.
     ``console`` prints progress to stderr; metrics, samples and plots are written regardless.
     ``size_for_budget``: under a ``time`` budget, pick the model size, batch and learning rate
-    for the budget and the text (``presets.budget_overrides``).
+    for the budget and the text (``presets.budget_overrides``). With ``config.init_from`` the
+    run starts from that run's weights (``finetune.py``); ``given``: the settings the caller
+    chose explicitly, which must then agree with the parent's shape.
     """
     config = config or TrainConfig()
     config.validate()
-    config, data = load_data(
-        config, text=text, paths=paths, corpus=corpus, encoding=encoding, errors=errors
+    reading: dict[str, Any] = dict(
+        text=text, paths=paths, corpus=corpus, encoding=encoding, errors=errors
     )
-    sizing_note = None
+    parent = finetune.load_parent(config.init_from) if config.init_from else None
+    if parent is not None:
+        config, data, new = finetune.load_data_for(parent, config, given, reading)
+    else:
+        config, data = load_data(config, **reading)
+    notes = []
     if size_for_budget and config.time is not None:
-        config, sizing_note = _size_for_budget(config, data.text_chars)
+        config, sizing = sized_for_budget(config, data.text_chars)
+        notes.append(sizing)
     if config.tensorboard:
         require_tensorboard()
     # Under torchrun, rank 0 picks (and later writes) the run directory; the others learn it.
@@ -429,9 +440,13 @@ def train(
     pick = (rundir.new_run_dir, out, name or default, overwrite)
     run_dir = group.on_main(*pick) if group else rundir.new_run_dir(*pick[1:])
     trainer = Trainer(config, data, run_dir)  # builds batches: checks the text is long enough
+    if parent is not None:
+        finetune.init_from_parent(trainer.model, parent)
+        trainer.parent = parent.record
+        notes.append(finetune.note(parent, new))
     if run_dir.exists() and overwrite and trainer.is_main:
         rundir.clear_run_dir(run_dir)
-    trainer.sizing_note = sizing_note
+    trainer.sizing_note = "\ncharloom: ".join(notes) or None  # reporting prints each line
     if trainer.is_main:
         data.write_fingerprints(run_dir)  # documents mode: for sample --novel
     attach_reporting(trainer, console=console, bar=progress_bar)
@@ -439,23 +454,6 @@ def train(
         for fn in fns:
             trainer.add_callback(event, fn)
     return trainer.run(stop_at=stop_at)
-
-
-def _size_for_budget(config: TrainConfig, n_chars: int) -> tuple[TrainConfig, str]:
-    """``config`` with the model, batch and learning rate the budget rule picks for
-    ``config.time`` seconds on ``n_chars`` characters, and a note saying so."""
-    assert config.time is not None
-    rates = machine_rate(resolve_device(config.device).type)
-    chosen = budget_overrides(config.time, int(n_chars * (1 - config.val_fraction)), rates)
-    config = config.replace(**chosen)
-    note = (
-        f"sized for a {config.time:g} s budget on {n_chars:,} chars "
-        f"(matmul {rates['fp32']:,.0f} GFLOP/s fp32, {rates['bf16']:,.0f} bf16): "
-        f"{config.model.kind} {config.model.layers}x{config.model.hidden}, "
-        f"{config.precision}, dropout {config.model.dropout:g}, "
-        f"batch {config.batch_size}x{config.seq_len}, lr {config.lr:g}"
-    )
-    return config, note
 
 
 def load_trainer(

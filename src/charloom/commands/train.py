@@ -159,5 +159,6 @@ def _train(args: argparse.Namespace) -> int:
         console=console,
         progress_bar=not args.no_bar,
         size_for_budget=sizes_for_budget(given, args.preset),
+        given=set(given),
     )
     return 0
