@@ -98,7 +98,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.resume_note: str | None = None
         self.sizing_note: str | None = None  # how the model was sized for a --time budget
-        self._prime = self._training_prime()
+        self._prime = training_prime(self.config, data)
 
     # what callbacks read ------------------------------------------------------------------
     @property
@@ -146,16 +146,6 @@ class Trainer:
             self.stop.signum = heard
         return cmd, value
 
-    def _training_prime(self) -> str:
-        if self.data.vocab.end is not None:
-            return ""  # documents mode: a whole document, from the start marker
-        prime = self.config.sample_prime or ""
-        if prime and not self.data.vocab.unknown(prime):
-            return prime
-        # A corpus without "T" or "h" (another script, say): prime with its first character.
-        first = self.data.vocab.decode(self.data.train[:1].tolist())
-        return first or self.data.vocab.decode([0])
-
     # what the loop does besides stepping ---------------------------------------------------
     def evaluate(self) -> EvalResult:
         """Loss on the validation text; under torchrun each rank takes a contiguous share."""
@@ -201,13 +191,8 @@ class Trainer:
         }
 
     def _config_json(self) -> dict:
-        return ckpt.config_dict(
-            self.config.model,
-            self.data.vocab,
-            self.config.ascii,
-            self.summary(),
-            self.config.documents,
-        )
+        cfg, summary = self.config, self.summary()
+        return ckpt.config_dict(cfg.model, self.data.vocab, cfg.ascii, summary, cfg.documents)
 
     def save(self) -> Path | None:
         """Write ``latest/``: weights and everything needed to resume exactly. Under torchrun
@@ -387,6 +372,19 @@ def _follow(trainer: Trainer) -> TrainResult:
         raise TrainingInterrupted(int(signum), trainer.run_dir, trainer.iteration)
     val = trainer.last_val.loss if trainer.last_val else None
     return TrainResult(trainer.run_dir, trainer.iteration, float("nan"), val, None, trainer.elapsed)
+
+
+def training_prime(config: TrainConfig, data: TrainData) -> str:
+    """What the progress samples start from: ``config.sample_prime``; in documents mode
+    nothing (a whole document, from the start marker)."""
+    if data.vocab.end is not None:
+        return ""
+    prime = config.sample_prime or ""
+    if prime and not data.vocab.unknown(prime):
+        return prime
+    # A corpus without "T" or "h" (another script, say): prime with its first character.
+    first = data.vocab.decode(data.train[:1].tolist())
+    return first or data.vocab.decode([0])
 
 
 # --- the public entry points -----------------------------------------------------------------
