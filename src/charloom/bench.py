@@ -151,18 +151,25 @@ class _Lecture:
         return predicted
 
 
+#: Timed runs of each generation figure; the best counts.
+GEN_REPEATS = 3
+
+
 def generation_chars_per_s(model: CharRNN, streams: int, n: int, engine: str = "auto") -> float:
     """New characters per second (all streams together) of ``sample``: text out, as a user gets
-    it from ``charloom sample`` or ``CharModel.sample``."""
+    it from ``charloom sample`` or ``CharModel.sample``; the best of :data:`GEN_REPEATS` runs."""
     vocab = Vocab.build("printable")
     settings = SampleSettings()
     if engine in ("auto", "numba"):  # the steady state: the compiled engine ready, as after
         fastgen.prepare(wait=True)  # a first run
     sample(model, vocab, "T", 64, settings, streams, seed=0, engine=engine)  # warm up
-    start = time.perf_counter()
-    texts = sample(model, vocab, "T", n, settings, streams, seed=1, engine=engine)
-    elapsed = time.perf_counter() - start
-    return sum(len(t) - 1 for t in texts) / elapsed
+    best = 0.0
+    for rep in range(GEN_REPEATS):  # the best of a few: a busy moment on a small machine is
+        start = time.perf_counter()  # not the engine's speed
+        texts = sample(model, vocab, "T", n, settings, streams, seed=1 + rep, engine=engine)
+        elapsed = time.perf_counter() - start
+        best = max(best, sum(len(t) - 1 for t in texts) / elapsed)
+    return best
 
 
 #: Why ``server_chars_per_s`` is None where the server cannot run.
@@ -353,7 +360,7 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     n_ref = 1000 if quick else 3000
     lecture_cps = n_ref / _timed(lambda: _Lecture(model).generate(n_ref), 0.5, 1)
     one = generation_chars_per_s(model, 1, 20000 if quick else 100000)
-    many = generation_chars_per_s(model, 64, 1000 if quick else 4000)
+    many = generation_chars_per_s(model, 64, 4000)  # the steady state, quick or not
     # The torch engine alone: what a machine without numba (or a GPU) gets for one stream.
     torch_one = generation_chars_per_s(model, 1, n_ref, engine="torch")
     # The numpy engine alone: the first characters of every CPU sample, and all of them where
