@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,6 +268,7 @@ def train(
     console: bool = True,
     progress_bar: bool = True,
     size_for_budget: bool = False,
+    given: Collection[str] = (),
 ) -> Run:
     """Train a new model and return the :class:`Run`.
 
@@ -281,7 +282,9 @@ def train(
     ``sample``, ``checkpoint``, ``end``. ``stop_at``: stop at this iteration (the run can be
     resumed). ``console``: progress on stderr, with a progress bar (``progress_bar``; a widget
     in Jupyter when ipywidgets is installed). ``size_for_budget``: under a ``time`` budget,
-    size the model, batch and learning rate for the budget and the text.
+    size the model, batch and learning rate for the budget and the text. ``given``: the names
+    of the settings the caller chose (with ``init_from``, one that disagrees with the parent's
+    shape is an error rather than replaced by the parent's).
 
     Interrupting (Ctrl-C, the notebook's stop button, or ``KeyboardInterrupt`` from a callback)
     finishes the step, writes a checkpoint and returns the run with a ``note``;
@@ -313,6 +316,7 @@ def train(
             console=console,
             progress_bar=progress_bar,
             size_for_budget=size_for_budget,
+            given=given,
         )
 
     return _finish(go, lambda: seen[0] if seen else None, text, console)
