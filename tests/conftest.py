@@ -20,6 +20,17 @@ def make_text(n_lines: int = 200) -> str:
     return "\n".join(_SENTENCES[i % len(_SENTENCES)] for i in range(n_lines)) + "\n"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_engine_ready() -> None:
+    """Load (or, with a cold numba cache as in CI, compile) the generation kernels once, before
+    any test: otherwise the first sample starts a background compile that runs on through the
+    following tests, whose timings and output capture it then disturbs (seen in CI: a later
+    test's capsys missed its output while the compile was running)."""
+    from charloom import fastgen
+
+    fastgen.prepare(wait=True)
+
+
 @pytest.fixture(scope="session")
 def small_text() -> str:
     return make_text()

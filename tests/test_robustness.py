@@ -228,7 +228,9 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, small_text, 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", full)
+    import safetensors.torch  # what write_checkpoint writes the weights with
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
     trainer = charloom.load_trainer(tmp_path / "r", {"iters": 6}, text=small_text)
     with pytest.raises(
         charloom.CharloomError, match="No space left on device.*previous checkpoint is kept"
