@@ -264,24 +264,28 @@ class Scheduler:
             if not alone:
                 self._batch_stepped_at = now
             self.stepper.step(stepped, interrupted=lambda: not self._inbox.empty())
-        # Completed jobs' answers go out first, at once. Other jobs' text goes out once per
-        # chunk_ms (however short the chunks: they end early when requests arrive), since each
-        # delivery costs decoding here and an event on the event loop - and not while requests
-        # wait to come in: their first round comes first, and their answers would otherwise
-        # queue on the event loop behind the running streams' text.
+        # Completed jobs' answers go out first, at once, and so do a new job's first
+        # characters. Other jobs' text goes out once per chunk_ms (however short the chunks:
+        # they end early when requests arrive), since each delivery costs decoding here and an
+        # event on the event loop - and not while requests wait to come in: their first round
+        # comes first, and their answers would otherwise queue on the event loop behind the
+        # running streams' text.
         now = time.perf_counter()
         waiting = not self._inbox.empty()
         # With many requests running, their text goes out less often, so that handing it to the
         # event loop costs it a bounded share of its time (a new request's HTTP is handled
         # there too): every chunk_ms, or DELIVERY_S per running request, whichever is longer.
         every = max(self.chunk_s, DELIVERY_S * len(jobs))
-        for due in (
-            [j for j in jobs if j.finished],
-            [] if waiting else [j for j in jobs if not j.finished],
-        ):
+
+        def held_back(job: GenerateJob) -> bool:
+            if job.finished or not job.delivered_at:
+                return False
+            return waiting or now - job.delivered_at < every
+
+        for due in ([j for j in jobs if j.finished], [j for j in jobs if not j.finished]):
             batch: list[tuple[GenerateJob | NextJob, list]] = []
             for job in due:
-                if not job.finished and now - job.delivered_at < every:
+                if held_back(job):
                     continue
                 job.delivered_at = now
                 items: list[tuple[str, object]] = []
