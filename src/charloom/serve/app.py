@@ -242,7 +242,9 @@ def create_app(
     app.state.limits = limits
     app.state.shares = shares
     app.add_middleware(BodyLimit, max_body=limits.max_body)
-    app.add_middleware(ShareGuard, shares=shares, paths=frozenset(allowed))
+    app.add_middleware(
+        ShareGuard, shares=shares, paths=frozenset(allowed), max_body=limits.max_body
+    )
     if keys is not None:  # outside the body limit: a stranger's body is never read
         app.add_middleware(KeyAuth, keys=keys)
     if access_log:
