@@ -107,7 +107,10 @@ class SampleStream:
         multi-byte character completes in bytes mode, and always empty once a sample is done).
         ``ids``: a numpy array or a tensor (on the CPU)."""
         out = []
-        for i, tokens in enumerate(ids.T.tolist()):
+        ids = np.asarray(ids)
+        # Without an end symbol, each sample's block is decoded as an array (no list of ints).
+        rows = ids.T.tolist() if self.end is not None else np.ascontiguousarray(ids.T)
+        for i, tokens in enumerate(rows):
             if self._finished(i):
                 out.append("")
                 continue
