@@ -101,6 +101,8 @@ def test_every_engine_of_the_command_writes_the_same_text(run_dir, capsys):
 
     python = charloom.load(run_dir).sample("Th", 60, seed=5)[0]
     assert texts["auto"] == python + "\n"  # the Python API (torch-loaded) gives it too
+    # Without a prime, the command and the Python API start from the same default one.
+    assert charloom.load(run_dir).sample(length=60, seed=5)[0] == python
 
 
 def test_the_command_never_imports_torch_on_the_cpu(run_dir):

@@ -17,13 +17,11 @@ from .errors import CharloomError
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN
 from .modelconfig import ModelConfig
-from .nextchar import SampleSettings
+from .nextchar import DEFAULT_PRIME, SampleSettings
 from .sample import generate_blocks, sample, sample_documents
 from .samplestream import SampleStream, text_pieces
 from .vocab import UNKNOWN_CHOICES, Vocab
 
-#: The prime of a sample when none is given (a documents-mode model's: none).
-DEFAULT_PRIME = "Th"
 #: ``novel``: rounds of drawing at most, each drawing twice what is still missing (at least
 #: :data:`NOVEL_MIN_DRAW`); fewer samples come back if the model keeps repeating its text.
 NOVEL_ROUNDS = 10
@@ -93,8 +91,8 @@ class CharModel:
         return mode if isinstance(mode, str) and mode != "off" else "lines"
 
     def default_prime(self, prime: str | None) -> str:
-        """``prime`` as given, or the default: ``"Th"``, or nothing for a documents model
-        (its samples start from the start-of-document marker)."""
+        """``prime`` as given, or the default: ``nextchar.DEFAULT_PRIME`` (``"Th"``), or nothing
+        for a documents model (its samples start from the start-of-document marker)."""
         if prime is not None:
             return prime
         return "" if self.vocab.end is not None else DEFAULT_PRIME
@@ -132,11 +130,12 @@ class CharModel:
         documents: bool | None = None,
         novel: bool = False,
     ) -> list[str]:
-        """``num_samples`` texts: the prime (default ``"Th"``) followed by exactly ``length``
-        new characters. ``documents`` (default: whether the model was trained in documents
-        mode): each text is one whole document beginning with the prime (default: none),
-        stopped at its end, ``length`` being a cap (see :meth:`documents`, which also says
-        which ended by themselves); ``novel``: only documents the training text does not hold."""
+        """``num_samples`` texts: the prime (default ``"Th"``, ``nextchar.DEFAULT_PRIME``)
+        followed by exactly ``length`` new characters. ``documents`` (default: whether the model
+        was trained in documents mode): each text is one whole document beginning with the prime
+        (default: none), stopped at its end, ``length`` being a cap (see :meth:`documents`,
+        which also says which ended by themselves); ``novel``: only documents the training
+        text does not hold."""
         documents = self.vocab.end is not None if documents is None else documents
         if documents or novel:
             return self.documents(
@@ -224,7 +223,7 @@ class CharModel:
 
     def stream(
         self,
-        prime: str = "Th",
+        prime: str = DEFAULT_PRIME,
         length: int = 200,
         temperature: float = SampleSettings.temperature,
         top_k: int | None = None,

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import fastgen
 from .errors import CharloomError
 from .model import CharRNN, State
-from .nextchar import SampleSettings, Uniforms
+from .nextchar import DEFAULT_PRIME, SampleSettings, Uniforms
 from .npgen import GenWeights
 from .samplestream import SampleStream, text_pieces, whole_texts
 from .vocab import Vocab
@@ -334,7 +334,7 @@ def stream_samples(
 def sample(
     model: CharRNN,
     vocab: Vocab,
-    prime: str = "Th",
+    prime: str = DEFAULT_PRIME,
     length: int = 200,
     settings: SampleSettings | None = None,
     num_samples: int = 1,
