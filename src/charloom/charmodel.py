@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import checkpoint as ckpt
@@ -19,7 +20,7 @@ from .model import CharRNN
 from .modelconfig import ModelConfig
 from .nextchar import DEFAULT_PRIME, SampleSettings
 from .sample import generate_blocks, sample, sample_documents
-from .samplestream import SampleStream, text_pieces
+from .samplestream import SampleStream, request_pieces
 from .vocab import UNKNOWN_CHOICES, Vocab
 
 #: ``novel``: rounds of drawing at most, each drawing twice what is still missing (at least
@@ -106,15 +107,16 @@ class CharModel:
         seed: int | None = None,
         engine: str = "auto",
     ) -> Iterator[list[str]]:
-        """Each sample's new text, block by block (``samplestream.text_pieces``), of a model
+        """Each sample's new text, block by block (``samplestream.request_pieces``), of a model
         not trained in documents mode (see :meth:`documents`); the request and the engine are
         checked before the first block is asked for."""
-        if not isinstance(prime, str):
-            raise CharloomError("the prime must hold at least one character")
-        stream = SampleStream(
-            self.vocab, self.normalise(prime), length, settings, num_samples, seed
+
+        def blocks(stream: SampleStream) -> Iterator[np.ndarray]:
+            return generate_blocks(self.model, stream, engine)
+
+        return request_pieces(
+            self.vocab, prime, length, settings, num_samples, seed, blocks, self.normalise
         )
-        return text_pieces(stream, generate_blocks(self.model, stream, engine))
 
     def sample(
         self,
