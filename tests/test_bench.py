@@ -4,6 +4,7 @@ No assertion here depends on how fast this machine is: clocks are replaced by fa
 rate is checked, and the suite's derived figures are checked against the components it measured.
 """
 
+import dataclasses
 import json
 import string
 import types
@@ -11,7 +12,7 @@ import types
 import pytest
 import torch
 
-from charloom import bench
+from charloom import bench, plainrecipe
 from charloom.model import CharRNN, ModelConfig
 
 
@@ -86,7 +87,21 @@ def test_model_flops_count_by_hand(kind, gates):
     assert bench.flops_per_char(cfg) == 3 * 2 * macs
 
 
-def _fake_suite(monkeypatch, tmp_path, bf16: bool, server: bool = True):
+CHOICE = dict(
+    layers=1,
+    hidden=256,
+    embed=64,
+    dropout=0.0,
+    batch_size=32,
+    seq_len=64,
+    lr=4e-3,
+    precision="bf16",
+    grad_clip=1.0,
+    seed=1337,
+)
+
+
+def _fake_suite(monkeypatch, tmp_path, bf16: bool, server: bool = True, quick: bool = True):
     speeds = {"cell": 4_000.0, "fp32": 150_000.0, "bf16": 240_000.0}
     # A machine with native bf16 (where `auto` means bf16), or one without a bf16 LSTM kernel.
     auto = "bf16" if bf16 else "fp32"
@@ -99,19 +114,35 @@ def _fake_suite(monkeypatch, tmp_path, bf16: bool, server: bool = True):
             return speeds["cell"]
         return speeds[config.precision]
 
-    quality_runs = []
+    quality_runs, plain_runs = [], []
 
     def quality(data, seconds, workdir):
         quality_runs.append((data, seconds))
         model = {"kind": "lstm", "layers": 1, "hidden": 256, "embed": 64, "dropout": 0.0}
         return dict(
-            val_loss=1.5,
+            val_loss=1.5 if seconds == "90s" else 1.4,
             val_bpc=2.16,
             chars=10_000,
             train_wall_s=91.0,
             eval_wall_s=0.5,
             model=model,
             iterations=700,
+            chars_per_s=49_000.0,
+            choice=dict(CHOICE, lr=3e-3 if seconds == "5m" else 4e-3),
+        )
+
+    def plain(path, choice, seconds):
+        plain_runs.append((path, choice, seconds))
+        return dict(
+            val_loss=1.53 if seconds == 90 else 1.42,
+            val_bpc=2.2,
+            chars=10_000,
+            iterations=800,
+            train_s=seconds + 0.1,
+            chars_per_s=52_000.0,
+            train_loss=1.4,
+            vocab_size=65,
+            choice=dataclasses.asdict(choice),
         )
 
     peaks = {torch.float32: 1e11, torch.bfloat16: 4e11}
@@ -131,9 +162,14 @@ def _fake_suite(monkeypatch, tmp_path, bf16: bool, server: bool = True):
         bench, "server_chars_per_s", lambda m, streams, n, seeded: server_speeds[seeded] * streams
     )
     monkeypatch.setattr(bench, "_quality_run", quality)
+    monkeypatch.setattr(plainrecipe, "run_file_fresh", plain)
     data = tmp_path / "text.txt"
     data.write_text("The quick brown fox jumps over the lazy dog.\n" * 200, encoding="utf-8")
-    results = bench.run(quick=True, data=data, log=lambda msg: None)
+    results = bench.run(quick=quick, data=data, log=lambda msg: None)
+    assert [(path, seconds) for path, _, seconds in plain_runs] == [
+        (data, 90.0),
+        *([] if quick else [(data, 300.0)]),
+    ]
     return results, quality_runs, speeds, data
 
 
@@ -243,10 +279,36 @@ def test_table_lists_what_the_json_holds(fake_suite):
         assert f"{eff['chars_per_s']:,.0f}, {eff['model_gflops']:,.1f}" in out
         assert f"{r['matmul_peak_gflops'][precision]:,.0f}" in out
     assert f"{r['bf16_efficiency_vs_bf16_peak']:.2f}" in out
-    label, value = lines[-1].split("  ", 1)
-    assert label == "val loss after --time 90s (nats/char)"
-    assert value.strip() == "1.5000 (lstm 1x256, 700 its)"
+    rows = [[part.strip() for part in line.split("  ", 1)] for line in lines[-3:]]
+    assert rows == [
+        ["val loss after --time 90s (nats/char)", "1.5000 (lstm 1x256, 700 its, 49,000 chars/s)"],
+        [
+            "plain PyTorch loop, same choice, 90s (nats/char)",
+            "1.5300 (lstm 1x256 (embed 64), bf16, batch 32x64, lr 0.004; 800 its, 52,000 chars/s)",
+        ],
+        ["margin vs the plain loop, 90s (target <= -0.06)", "-0.0300"],
+    ]
     assert "5m" not in out  # no 5-minute run: no row for it
+
+
+def test_the_plain_loop_runs_beside_each_quality_run_with_its_choice(monkeypatch, tmp_path):
+    # --quick: the 90 s pair only (above); the full suite adds the 5-minute pair.
+    r, quality_runs, _, data = _fake_suite(monkeypatch, tmp_path, bf16=True, quick=False)
+    assert quality_runs == [(data, "90s"), (data, "5m")]
+    for key, seconds, charloom, plain, lr in (
+        ("90s", 90, 1.5, 1.53, 4e-3),
+        ("5m", 300, 1.4, 1.42, 3e-3),
+    ):
+        p = r[f"plain_recipe_{key}"]
+        assert r[f"val_loss_{key}"] == charloom and r[f"plain_recipe_val_loss_{key}"] == plain
+        assert r[f"margin_vs_plain_{key}"] == pytest.approx(charloom - plain)
+        # the loop is given exactly the choice charloom's run recorded, for the same budget
+        assert p["choice"] == r[f"quality_{key}"]["choice"] == dict(CHOICE, lr=lr)
+        assert p["train_s"] == seconds + 0.1
+    rows = dict(line.split("  ", 1) for line in bench.table(r).splitlines())
+    assert rows["plain PyTorch loop, same choice, 5m (nats/char)"].strip().startswith("1.4200 (")
+    assert rows["margin vs the plain loop, 5m (target <= -0.06)"].strip() == "-0.0200"
+    assert json.loads(json.dumps(r)) == r
 
 
 def test_bench_text_comes_from_data_then_environment_then_builtin(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import charloom
 from charloom import cpusample
 from charloom.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, write_checkpoint
 from charloom.commands import main
@@ -97,10 +98,11 @@ def test_every_engine_of_the_command_writes_the_same_text(run_dir, capsys):
         texts[engine] = out
     assert len(set(texts.values())) == 1, texts
     assert texts["auto"].startswith("Th") and len(texts["auto"]) == 2 + 60 + 1
-    import charloom
 
     python = charloom.load(run_dir).sample("Th", 60, seed=5)[0]
     assert texts["auto"] == python + "\n"  # the Python API (torch-loaded) gives it too
+    # Without a prime, the command and the Python API start from the same default one.
+    assert charloom.load(run_dir).sample(length=60, seed=5)[0] == python
 
 
 def test_the_command_never_imports_torch_on_the_cpu(run_dir):
@@ -178,3 +180,38 @@ def test_saved_weights_load_as_the_model_has_them(run_dir, tmp_path):
     arrays = {k: v.numpy() for k, v in load_file(str(tmp_path / "w")).items()}
     a, b = GenWeights.from_arrays(model.config, arrays), gen_weights(model)
     assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in ("table", "w_hh", "head_w"))
+
+
+BAD_REQUESTS = [
+    (dict(prime=None), "the prime must hold at least one character"),
+    (dict(prime=""), "the prime must hold at least one character"),
+    (dict(prime="Zq\u2603"), "prime"),
+    (dict(length=-1), "length must be an integer >= 0"),
+    (dict(num_samples=0), "num-samples must be an integer >= 1"),
+    (dict(seed=-1), "seed must be an integer in"),
+    (dict(settings=SampleSettings(temperature=0)), "temperature must be a number > 0"),
+]
+
+
+@pytest.mark.parametrize("bad, message", BAD_REQUESTS)
+def test_both_models_refuse_a_bad_request_alike_before_any_block(run_dir, bad, message):
+    # The array model (charloom sample on the CPU) and the torch model (the Python API) check a
+    # request the same way, when pieces() is called rather than at the first block.
+    request = dict(prime="Th", length=5, settings=SampleSettings(), num_samples=1, seed=1)
+    request.update(bad)
+    errors = []
+    for model in (cpusample.load(run_dir), charloom.load(run_dir)):
+        with pytest.raises(CharloomError, match=message) as caught:
+            model.pieces(engine="numpy", **request)
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
+
+
+def test_both_models_give_the_same_pieces(run_dir):
+    request = dict(prime="The", length=70, settings=SampleSettings(top_k=5), num_samples=2, seed=4)
+    arrays = list(cpusample.load(run_dir).pieces(engine="numpy", **request))
+    loaded = list(charloom.load(run_dir).pieces(engine="numpy", **request))
+    assert arrays == loaded and len(arrays) > 1
+    assert ["".join(p) for p in zip(*arrays)] == [
+        t[3:] for t in cpusample.load(run_dir).sample(engine="numpy", **request)
+    ]

@@ -86,6 +86,41 @@ def test_extension_keeps_every_old_row_bit_identical(parent, tmp_path):
     assert torch.equal(new["head.bias"][n:], old["head.bias"].min().expand(3))
 
 
+@pytest.mark.parametrize("parent_documents", [True, False])
+def test_end_symbol_keeps_its_row_past_new_characters(parent_documents, tmp_path):
+    # A documents-mode child of a documents parent: new characters push the end symbol's id
+    # back, and its row must follow it. A stream parent's child in documents mode gets a new
+    # end row.
+    parent = tmp_path / "parent"
+    charloom.train(
+        tiny(iters=4, documents="lines" if parent_documents else "off"),
+        text=make_text(),
+        out=parent,
+        console=False,
+    )
+    out = tmp_path / "child"
+    charloom.train(
+        tiny(init_from=str(parent), documents="lines"),
+        text=child_text(),
+        out=out,
+        console=False,
+        stop_at=0,
+    )
+    old, new = weights(parent), weights(out, "latest")
+    old_vocab, new_vocab = config_json(parent)["vocab"], config_json(out, "latest")["vocab"]
+    n_chars = len(old_vocab["chars"])
+    assert new_vocab["chars"] == old_vocab["chars"] + "".join(sorted(NEW))
+    end = new_vocab["end"]
+    assert end == n_chars + len(NEW)  # one past the characters, new ones included
+    assert old_vocab.get("end") == (n_chars if parent_documents else None)
+    for name in finetune.VOCAB_ROWS:
+        assert torch.equal(new[name][:n_chars], old[name][:n_chars]), name
+        if parent_documents:
+            assert torch.equal(new[name][end], old[name][n_chars]), name
+        else:
+            assert torch.equal(new[name][end], finetune.new_rows(name, old[name], 1)[0]), name
+
+
 def test_new_rows_receive_gradient_and_the_model_emits_them(parent, tmp_path):
     out = tmp_path / "child"
     result = charloom.train(

@@ -4,6 +4,7 @@ run resumes exactly."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import sys
@@ -207,6 +208,35 @@ def test_an_interrupt_before_any_checkpoint_is_raised(tmp_path, small_text):
             console=False,
             callbacks={"start": [lambda t: t.add_callback("log", raw)]},
         )
+
+
+def test_train_takes_the_parameters_of_the_loops_train():
+    # charloom.train passes its arguments on to charloom.train.train, where each parameter and
+    # its default are written once; help() and inspect show them, returning a Run.
+    from charloom.train import train as loop_train
+
+    ours, theirs = inspect.signature(charloom.train), inspect.signature(loop_train)
+    assert list(ours.parameters.values()) == list(theirs.parameters.values())
+    assert ours.return_annotation == "Run" and theirs.return_annotation == "TrainResult"
+    assert "given" in ours.parameters and ours.parameters["console"].default is True
+    assert charloom.train.__doc__.startswith("Train a new model and return the :class:`Run`")
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        ((), {"bogus": 1}, "bogus"),
+        ((None, "some text"), {}, "positional"),
+        ((None,), {"config": None}, "multiple values"),
+    ],
+)
+def test_train_refuses_arguments_it_does_not_take_and_writes_nothing(
+    tmp_path, args, kwargs, message
+):
+    out = tmp_path / "r"
+    with pytest.raises(TypeError, match=message):
+        charloom.train(*args, out=out, console=False, **kwargs)
+    assert not out.exists()
 
 
 def test_a_second_signal_raises_when_asked_and_the_handlers_come_back():

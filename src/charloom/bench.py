@@ -9,8 +9,10 @@ results say which.
 
 Every speed is a ratio against a reference measured in the same process: the lecture's per-step
 training loop, the lecture's per-character sampling loop, square matrix multiplications for
-the machine's arithmetic peak, and ``sample(num_samples=64)`` for the server's 64 streaming
-requests. Nothing here passes or fails: it reports what it measured.
+the machine's arithmetic peak, ``sample(num_samples=64)`` for the server's 64 streaming
+requests, and for the held-out loss the plain PyTorch loop of ``plainrecipe.py`` trained with
+charloom's own choice for the same budget. Nothing here passes or fails: it reports what it
+measured.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import fastgen
+from . import fastgen, plainrecipe
 from .batches import make_batches
 from .config import BENCH_DATA_ENV as DATA_ENV
-from .config import TrainConfig
+from .config import TrainConfig, parse_duration
+from .corpus import read_text
 from .data import encode_text
 from .device import cpu_has_bf16_lstm, resolve_precision
 from .errors import CharloomError
@@ -257,7 +260,7 @@ async def _asgi_stream(app: Any, body: dict) -> int:
 
 def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
     """``charloom train DATA --time T`` with no size flags, then ``charloom eval`` on the held-out
-    last 10% of the text; both as a user runs them."""
+    last 10% of the text (``plainrecipe.held_out_start``); both as a user runs them."""
     out = workdir / f"run-{seconds}"
     exe = [sys.executable, "-m", "charloom"]
     t0 = time.perf_counter()
@@ -265,9 +268,9 @@ def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
         [*exe, "train", str(data), "--time", seconds, "--out", str(out), "--quiet"], check=True
     )
     wall = time.perf_counter() - t0
-    text = data.read_text(encoding="utf-8")
+    text, _ = read_text([str(data)])  # as `charloom train` read it
     held = workdir / "held-out.txt"
-    held.write_text(text[len(text) - len(text) // 10 :], encoding="utf-8")
+    held.write_text(text[plainrecipe.held_out_start(len(text)) :], encoding="utf-8")
     t1 = time.perf_counter()
     res = subprocess.run(
         [*exe, "eval", str(out), str(held), "--json"], check=True, capture_output=True, text=True
@@ -275,6 +278,7 @@ def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
     eval_s = time.perf_counter() - t1
     result = json.loads(res.stdout)
     info = json.loads((out / "best" / "config.json").read_text())
+    summary = info["training"]
     return {
         "val_loss": result["loss"],
         "val_bpc": result["bpc"],
@@ -282,7 +286,9 @@ def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
         "train_wall_s": wall,
         "eval_wall_s": eval_s,
         "model": info["model"],
-        "iterations": info["training"]["iterations"],
+        "iterations": summary["iterations"],
+        "chars_per_s": summary["chars_seen"] / max(summary["elapsed_s"], 1e-9),
+        "choice": asdict(plainrecipe.choice_of_run(out)),  # what the budget rule picked
     }
 
 
@@ -401,6 +407,12 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
             q["budget"] = budget
             results[f"quality_{key}"] = q
             results[f"val_loss_{key}"] = q["val_loss"]
+            log(f"quality: the plain PyTorch loop with the same choice, {budget} ...")
+            choice = plainrecipe.PlainChoice(**q["choice"])
+            p = plainrecipe.run_file_fresh(corpus, choice, parse_duration(budget))
+            results[f"plain_recipe_{key}"] = p
+            results[f"plain_recipe_val_loss_{key}"] = p["val_loss"]
+            results[f"margin_vs_plain_{key}"] = q["val_loss"] - p["val_loss"]
         q = results["quality_90s"]
         results["eval_chars_per_s"] = q["chars"] / q["eval_wall_s"]
     return results
@@ -477,14 +489,6 @@ def table(results: dict) -> str:
     ]
     for key in ("90s", "5m"):
         if f"val_loss_{key}" in r:
-            q = r[f"quality_{key}"]
-            m = q["model"]
-            rows.append(
-                (
-                    f"val loss after --time {q.get('budget', key)} (nats/char)",
-                    f"{r[f'val_loss_{key}']:.4f} ({m['kind']} {m['layers']}x{m['hidden']}, "
-                    f"{q['iterations']} its)",
-                )
-            )
+            rows += plainrecipe.side_by_side_rows(r, key)
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import checkpoint as ckpt
@@ -17,13 +18,11 @@ from .errors import CharloomError
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN
 from .modelconfig import ModelConfig
-from .nextchar import SampleSettings
+from .nextchar import DEFAULT_PRIME, SampleSettings
 from .sample import generate_blocks, sample, sample_documents
-from .samplestream import SampleStream, text_pieces
+from .samplestream import SampleStream, request_pieces
 from .vocab import UNKNOWN_CHOICES, Vocab
 
-#: The prime of a sample when none is given (a documents-mode model's: none).
-DEFAULT_PRIME = "Th"
 #: ``novel``: rounds of drawing at most, each drawing twice what is still missing (at least
 #: :data:`NOVEL_MIN_DRAW`); fewer samples come back if the model keeps repeating its text.
 NOVEL_ROUNDS = 10
@@ -93,8 +92,8 @@ class CharModel:
         return mode if isinstance(mode, str) and mode != "off" else "lines"
 
     def default_prime(self, prime: str | None) -> str:
-        """``prime`` as given, or the default: ``"Th"``, or nothing for a documents model
-        (its samples start from the start-of-document marker)."""
+        """``prime`` as given, or the default: ``nextchar.DEFAULT_PRIME`` (``"Th"``), or nothing
+        for a documents model (its samples start from the start-of-document marker)."""
         if prime is not None:
             return prime
         return "" if self.vocab.end is not None else DEFAULT_PRIME
@@ -108,15 +107,16 @@ class CharModel:
         seed: int | None = None,
         engine: str = "auto",
     ) -> Iterator[list[str]]:
-        """Each sample's new text, block by block (``samplestream.text_pieces``), of a model
+        """Each sample's new text, block by block (``samplestream.request_pieces``), of a model
         not trained in documents mode (see :meth:`documents`); the request and the engine are
         checked before the first block is asked for."""
-        if not isinstance(prime, str):
-            raise CharloomError("the prime must hold at least one character")
-        stream = SampleStream(
-            self.vocab, self.normalise(prime), length, settings, num_samples, seed
+
+        def blocks(stream: SampleStream) -> Iterator[np.ndarray]:
+            return generate_blocks(self.model, stream, engine)
+
+        return request_pieces(
+            self.vocab, prime, length, settings, num_samples, seed, blocks, self.normalise
         )
-        return text_pieces(stream, generate_blocks(self.model, stream, engine))
 
     def sample(
         self,
@@ -132,11 +132,12 @@ class CharModel:
         documents: bool | None = None,
         novel: bool = False,
     ) -> list[str]:
-        """``num_samples`` texts: the prime (default ``"Th"``) followed by exactly ``length``
-        new characters. ``documents`` (default: whether the model was trained in documents
-        mode): each text is one whole document beginning with the prime (default: none),
-        stopped at its end, ``length`` being a cap (see :meth:`documents`, which also says
-        which ended by themselves); ``novel``: only documents the training text does not hold."""
+        """``num_samples`` texts: the prime (default ``"Th"``, ``nextchar.DEFAULT_PRIME``)
+        followed by exactly ``length`` new characters. ``documents`` (default: whether the model
+        was trained in documents mode): each text is one whole document beginning with the prime
+        (default: none), stopped at its end, ``length`` being a cap (see :meth:`documents`,
+        which also says which ended by themselves); ``novel``: only documents the training
+        text does not hold."""
         documents = self.vocab.end is not None if documents is None else documents
         if documents or novel:
             return self.documents(
@@ -224,7 +225,7 @@ class CharModel:
 
     def stream(
         self,
-        prime: str = "Th",
+        prime: str = DEFAULT_PRIME,
         length: int = 200,
         temperature: float = SampleSettings.temperature,
         top_k: int | None = None,

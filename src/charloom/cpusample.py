@@ -15,13 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import checkpoint as ckpt
 from . import fastgen
 from .corpus import normalise_ascii
 from .errors import CharloomError
 from .nextchar import SampleSettings
 from .npgen import GenWeights
-from .samplestream import SampleStream, text_pieces, whole_texts
+from .samplestream import SampleStream, request_pieces, whole_texts
 from .vocab import Vocab
 
 #: The engines this path runs (``torch`` is the other path: ``charmodel.CharModel``).
@@ -50,18 +52,19 @@ class ArrayModel:
         seed: int | None = None,
         engine: str = "auto",
     ) -> Iterator[list[str]]:
-        """Each sample's new text, block by block (see ``samplestream.text_pieces``). The
+        """Each sample's new text, block by block (see ``samplestream.request_pieces``). The
         request is checked before the first block is asked for."""
         if engine not in ENGINES:
             raise CharloomError(f"unknown engine {engine!r} here; choose one of: {ENGINES}")
-        if not isinstance(prime, str):
-            raise CharloomError("the prime must hold at least one character")
-        stream = SampleStream(
-            self.vocab, self.normalise(prime), length, settings, num_samples, seed
+
+        def blocks(stream: SampleStream) -> Iterator[np.ndarray]:
+            if engine == "numba":
+                fastgen.require()
+            return fastgen.cpu_blocks(self.weights, stream, engine)
+
+        return request_pieces(
+            self.vocab, prime, length, settings, num_samples, seed, blocks, self.normalise
         )
-        if engine == "numba":
-            fastgen.require()
-        return text_pieces(stream, fastgen.cpu_blocks(self.weights, stream, engine))
 
     def sample(
         self,

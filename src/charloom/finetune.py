@@ -128,9 +128,27 @@ def extend_vocab(parent: Vocab, own: Vocab) -> tuple[Vocab, list[str]]:
         )
     known = set(parent.chars)
     new = [c for c in own.chars if c not in known]
-    if not new:
+    # Documents mode on either side keeps (or adds) the end symbol, one past the characters.
+    documents = parent.documents or own.documents
+    if not new and documents == parent.documents:
         return parent, []
-    return Vocab(parent.kind, parent.chars + tuple(new)), new
+    return Vocab(parent.kind, parent.chars + tuple(new), documents), new
+
+
+def row_sources(parent: Vocab, vocab: Vocab) -> list[int | None]:
+    """For each id of ``vocab`` (the parent's extended by :func:`extend_vocab`), the parent's
+    id whose rows it starts from, or None for a symbol the parent lacks. The characters keep
+    their ids; the end symbol moves past any new characters, so it is mapped, not copied by
+    position."""
+    sources: list[int | None] = []
+    for i in range(vocab.size):
+        if i < parent.chars_size:
+            sources.append(i)
+        elif i == vocab.end:
+            sources.append(parent.end)
+        else:
+            sources.append(None)
+    return sources
 
 
 def load_data_for(
@@ -148,16 +166,22 @@ def load_data_for(
 
 
 @torch.no_grad()
-def init_from_parent(model: CharRNN, parent: Parent) -> int:
-    """Copy the parent's weights into ``model`` (built with the extended vocabulary) and
-    initialise the rows of new symbols; returns how many rows are new. The parent's rows are
-    copied exactly, so the fine-tuned model starts as the parent on every known symbol."""
+def init_from_parent(model: CharRNN, parent: Parent, vocab: Vocab) -> int:
+    """Copy the parent's weights into ``model`` (built with ``vocab``, the parent's extended by
+    :func:`extend_vocab`) and initialise the rows of new symbols; returns how many rows are new.
+    The parent's rows are copied exactly, so the fine-tuned model starts as the parent on every
+    known symbol (the end-of-document symbol included, wherever its id moved)."""
     weights = parent.checkpoint.weights
     own = model.state_dict()
     if set(own) != set(weights):
         raise CharloomError(f"--init-from {parent.name}: its weights do not fit the model")
-    n_old = weights["head.bias"].shape[0]
-    n_new = own["head.bias"].shape[0] - n_old
+    sources = row_sources(parent.checkpoint.vocab, vocab)
+    if len(sources) != own["head.bias"].shape[0]:
+        raise CharloomError(f"--init-from {parent.name}: its vocabulary does not fit the model")
+    kept = torch.tensor([i for i, s in enumerate(sources) if s is not None], dtype=torch.long)
+    taken = torch.tensor([s for s in sources if s is not None], dtype=torch.long)
+    fresh = torch.tensor([i for i, s in enumerate(sources) if s is None], dtype=torch.long)
+    n_new = len(fresh)
     for name, target in own.items():
         source = weights[name].to(target.dtype)
         rows = name in VOCAB_ROWS
@@ -166,9 +190,12 @@ def init_from_parent(model: CharRNN, parent: Parent) -> int:
                 f"--init-from {parent.name}: {name} has shape {tuple(source.shape)}, the model "
                 f"needs {tuple(target.shape)}"
             )
-        target[:n_old].copy_(source) if rows else target.copy_(source)
-        if rows and n_new:
-            target[n_old:].copy_(new_rows(name, source, n_new))
+        if not rows:
+            target.copy_(source)
+            continue
+        target[kept] = source[taken]
+        if n_new:
+            target[fresh] = new_rows(name, source, n_new)
     return n_new
 
 

@@ -17,6 +17,11 @@ import numpy as np
 
 from .errors import CharloomError
 
+#: What a sample starts from when no prime is given (the lecture's): ``charloom sample``, the
+#: Python API, the server and the samples printed during training. A documents-mode model's
+#: samples start from the start-of-document marker instead (no prime).
+DEFAULT_PRIME = "Th"
+
 
 @dataclass
 class SampleSettings:

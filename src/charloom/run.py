@@ -14,21 +14,21 @@ where it stopped. A second interrupt stops at once; the last checkpoint written 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import signal
 import sys
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from . import checkpoint as ckpt
 from . import rundir
 from .charmodel import CharModel
 from .charmodel import load as load_model
-from .config import TrainConfig
 from .errors import CharloomError, TrainingInterrupted
 from .evaluate import EvalResult
 from .plot import plot_run, plot_runs
@@ -251,25 +251,28 @@ def _finish(
     return run
 
 
+_P = ParamSpec("_P")
+
+
+def _parameters_of(
+    base: Callable[_P, object],
+) -> Callable[[Callable[..., Run]], Callable[_P, Run]]:
+    """Give the decorated function ``base``'s parameters: mypy checks its calls against them,
+    and ``help()`` and ``inspect.signature`` show them (the API reference too, through
+    ``docs/griffe_parameters.py``). So a parameter and its default are written once, in
+    ``base``."""
+    signature = inspect.signature(base).replace(return_annotation="Run")
+
+    def stamp(fn: Callable[..., Run]) -> Callable[_P, Run]:
+        fn.__signature__ = signature  # type: ignore[attr-defined]
+        return fn
+
+    return stamp
+
+
 # --- the public entry points -----------------------------------------------------------------
-def train(
-    config: TrainConfig | None = None,
-    *,
-    text: str | None = None,
-    paths: tuple[str, ...] | list[str] = (),
-    corpus: str | None = None,
-    encoding: str = "utf-8",
-    errors: str = "strict",
-    out: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    name: str | None = None,
-    callbacks: dict[str, list[Callback]] | None = None,
-    stop_at: int | None = None,
-    console: bool = True,
-    progress_bar: bool = True,
-    size_for_budget: bool = False,
-    given: Collection[str] = (),
-) -> Run:
+@_parameters_of(run_training)
+def train(*args: Any, **kwargs: Any) -> Run:
     """Train a new model and return the :class:`Run`.
 
     The text is ``text`` (a string), or ``paths`` (files, folders, glob patterns) or a built-in
@@ -289,7 +292,13 @@ def train(
     Interrupting (Ctrl-C, the notebook's stop button, or ``KeyboardInterrupt`` from a callback)
     finishes the step, writes a checkpoint and returns the run with a ``note``;
     ``run.resume()`` continues it.
+
+    The parameters and their defaults are ``charloom.train.train``'s (the loop's own entry
+    point, which returns a ``TrainResult``): this passes them on.
     """
+    call = inspect.signature(run_training).bind(*args, **kwargs)
+    call.apply_defaults()
+    options = call.arguments
     seen: list[Trainer] = []
 
     def setup(t: Trainer) -> None:
@@ -297,29 +306,14 @@ def train(
         t.stop.second = "raise"  # a second interrupt must not end the notebook's kernel
 
     hooks: dict[str, list[Callback]] = {"start": [setup]}
-    for event, fns in (callbacks or {}).items():
+    for event, fns in (options["callbacks"] or {}).items():
         hooks.setdefault(event, []).extend(_stop_on_interrupt(fn) for fn in fns)
+    options["callbacks"] = hooks
 
     def go() -> TrainResult:
-        return run_training(
-            config,
-            text=text,
-            paths=paths,
-            corpus=corpus,
-            encoding=encoding,
-            errors=errors,
-            out=out,
-            overwrite=overwrite,
-            name=name,
-            callbacks=hooks,
-            stop_at=stop_at,
-            console=console,
-            progress_bar=progress_bar,
-            size_for_budget=size_for_budget,
-            given=given,
-        )
+        return run_training(**options)
 
-    return _finish(go, lambda: seen[0] if seen else None, text, console)
+    return _finish(go, lambda: seen[0] if seen else None, options["text"], options["console"])
 
 
 def load(path: str | os.PathLike, which: str = ckpt.BEST, device: str = "cpu") -> Run:

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from . import fastgen
 from .errors import CharloomError
 from .model import CharRNN, State
-from .nextchar import SampleSettings, Uniforms
+from .nextchar import DEFAULT_PRIME, SampleSettings, Uniforms
 from .npgen import GenWeights
-from .samplestream import SampleStream, text_pieces, whole_texts
+from .samplestream import SampleStream, request_pieces, text_pieces, whole_texts
 from .vocab import Vocab
 
 
@@ -325,16 +325,17 @@ def stream_samples(
     empty while a multi-byte character completes in bytes mode). Every sample ends after exactly
     ``length`` new characters, or, with ``end`` (documents mode), at the end of its document
     if that comes first."""
-    if not isinstance(prime, str):
-        raise CharloomError("the prime must hold at least one character")
-    stream = SampleStream(vocab, prime, length, settings, num_samples, seed, end)
-    yield from text_pieces(stream, generate_blocks(model, stream, engine))
+
+    def blocks(stream: SampleStream) -> Iterator[np.ndarray]:
+        return generate_blocks(model, stream, engine)
+
+    yield from request_pieces(vocab, prime, length, settings, num_samples, seed, blocks, end=end)
 
 
 def sample(
     model: CharRNN,
     vocab: Vocab,
-    prime: str = "Th",
+    prime: str = DEFAULT_PRIME,
     length: int = 200,
     settings: SampleSettings | None = None,
     num_samples: int = 1,

@@ -6,7 +6,7 @@ torch reference, the numpy engine or the compiled loop (see ``sample.py``, ``npg
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -115,7 +115,10 @@ class SampleStream:
         multi-byte character completes in bytes mode, and always empty once a sample is done).
         ``ids``: a numpy array or a tensor (on the CPU)."""
         out = []
-        for i, tokens in enumerate(ids.T.tolist()):
+        ids = np.asarray(ids)
+        # Without an end symbol, each sample's block is decoded as an array (no list of ints).
+        rows = ids.T.tolist() if self.end is not None else np.ascontiguousarray(ids.T)
+        for i, tokens in enumerate(rows):
             if self._finished(i):
                 out.append("")
                 continue
@@ -141,6 +144,31 @@ def text_pieces(stream: SampleStream, blocks: Iterable[Any]) -> Iterator[list[st
         yield stream.take(block)
         if stream.done:
             return
+
+
+def request_pieces(
+    vocab: Vocab,
+    prime: str,
+    length: int,
+    settings: SampleSettings | None,
+    num_samples: int,
+    seed: int | None,
+    blocks: Callable[[SampleStream], Iterable[Any]],
+    normalise: Callable[[str], str] | None = None,
+    end: int | None = None,
+) -> Iterator[list[str]]:
+    """One request's :func:`text_pieces`: each sample's new text, block by block, after
+    ``prime`` (text; ``normalise``: how the model's training text was normalised), drawn from
+    ``blocks(stream)``, an engine's endless ids ``(n, num_samples)`` for the stream.
+
+    The request is checked, and ``blocks`` called (so an engine can refuse at once), before
+    this returns: a bad request fails before the first block is asked for."""
+    if not isinstance(prime, str):
+        raise CharloomError("the prime must hold at least one character")
+    if normalise is not None:
+        prime = normalise(prime)
+    stream = SampleStream(vocab, prime, length, settings, num_samples, seed, end)
+    return text_pieces(stream, blocks(stream))
 
 
 def whole_texts(prime: str, pieces: Iterable[list[str]], rows: int) -> list[str]:

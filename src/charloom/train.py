@@ -441,7 +441,7 @@ def train(
     run_dir = group.on_main(*pick) if group else rundir.new_run_dir(*pick[1:])
     trainer = Trainer(config, data, run_dir)  # builds batches: checks the text is long enough
     if parent is not None:
-        finetune.init_from_parent(trainer.model, parent)
+        finetune.init_from_parent(trainer.model, parent, data.vocab)
         trainer.parent = parent.record
         notes.append(finetune.note(parent, new))
     if run_dir.exists() and overwrite and trainer.is_main:

@@ -15,6 +15,7 @@ no text can contain it: encoding a text never yields it, and decoding leaves it 
 from __future__ import annotations
 
 import codecs
+import functools
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -218,6 +219,12 @@ class Vocab:
         return vocab
 
 
+@functools.lru_cache(maxsize=16)
+def _code_points(chars: tuple[str, ...]) -> np.ndarray:
+    """``(V,)`` uint32: each character's code point, so ids decode as UTF-32 in one lookup."""
+    return np.array([ord(c) for c in chars], dtype="<u4")
+
+
 class StreamDecoder:
     """Turns ids into text as they are drawn, for one sample; in bytes mode it holds back an
     incomplete UTF-8 sequence until its last byte arrives, so a caller never shows half a
@@ -228,11 +235,21 @@ class StreamDecoder:
         self._utf8 = (
             codecs.getincrementaldecoder("utf-8")("replace") if vocab.kind == "bytes" else None
         )
+        self._codes = _code_points(vocab.chars) if self._utf8 is None else None
 
-    def feed(self, ids: Sequence[int]) -> str:
-        """The text that ``ids`` (the next ids of the sample, any number) complete; feeding a
-        block gives the same text as feeding its ids one by one. End symbols are left out."""
+    def feed(self, ids: Sequence[int] | np.ndarray) -> str:
+        """The text that ``ids`` (the next ids of the sample, any number; a list or a 1-D
+        integer array) complete; feeding a block gives the same text as feeding its ids one by
+        one. End symbols are left out."""
         end = self.vocab.end
+        if isinstance(ids, np.ndarray) and (end is None or not (ids == end).any()):
+            # A block of a sample in one lookup, without a Python object per character.
+            if self._codes is not None:
+                return self._codes[ids].tobytes().decode("utf-32-le")
+            assert self._utf8 is not None
+            return self._utf8.decode(ids.astype(np.uint8).tobytes())
+        if isinstance(ids, np.ndarray):
+            ids = ids.tolist()
         if end is not None and end in ids:
             ids = [t for t in ids if t != end]
         if self._utf8 is None:

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b = subparsers.add_parser(
         "bench", help="measure training, generation and eval speed, and quality"
     )
-    b.add_argument("--quick", action="store_true", help="under 2 minutes; skips the 5 m run")
+    b.add_argument("--quick", action="store_true", help="about 4 minutes; skips the 5 m pair")
     add_json(b)
     b.add_argument(
         "--data",

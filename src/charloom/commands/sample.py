@@ -15,13 +15,15 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``sample`` to ``subparsers``."""
+    from ..nextchar import DEFAULT_PRIME
+
     s = subparsers.add_parser("sample", help="generate text from a trained model")
     s.add_argument("run", metavar="RUN", help="run directory or checkpoint folder")
     s.add_argument(
         "--prime",
         default=None,
-        help='text to start from (default "Th"; documents-mode runs: none, and each sample is '
-        "a document beginning with the prime)",
+        help=f'text to start from (default "{DEFAULT_PRIME}"; documents-mode runs: none, and '
+        "each sample is a document beginning with the prime)",
     )
     s.add_argument(
         "--length",
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     On the CPU the run is read as numpy arrays and sampled without importing torch (seconds of
     start-up saved: ``cpusample.py``); on a GPU, with ``--engine torch``, or for weights numpy
     cannot read, through ``charloom.load``. Both give the same text for the same seed."""
-    from ..nextchar import SampleSettings
+    from ..nextchar import DEFAULT_PRIME, SampleSettings
 
     settings = SampleSettings(args.temperature, args.top_k, args.top_p, args.greedy)
     model: ArrayModel | CharModel | None = None
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     if model.vocab.end is not None or args.novel:
         return _documents(_torch_model(model, args), args)
-    prime = "Th" if args.prime is None else args.prime
+    prime = DEFAULT_PRIME if args.prime is None else args.prime
     pieces = model.pieces(
         prime, args.length, settings, args.num_samples, args.seed, args.engine
     )  # checks the request before anything is printed
