@@ -1,23 +1,30 @@
 """Flood test of ``charloom serve``'s fair share: one key floods, another's latency is measured.
 
-    python bench/serve_flood.py [--run RUN] [--flood-streams 512] [--short 200] [--json]
+    python bench/serve_flood.py [--run RUN] [--flood-streams 512] [--short 1000] [--json]
 
 Trains a tiny model on the built-in corpus (or takes RUN) and starts ``charloom serve`` on
 127.0.0.1 with two API keys (a key file made here), then measures, one phase after the other:
 
-- alone: key B sends ``--short`` short requests (``--short-length`` characters, not streamed),
-  one at a time on one kept-alive connection;
+- alone: key B sends ``--warm-up`` short requests (not counted), then ``--short`` short requests
+  (``--short-length`` characters, not streamed), one at a time on one kept-alive connection;
 - during the flood: key A keeps ``--flood-streams`` streaming requests of ``--stream-length``
   characters in flight, each on its own connection - a refused one (429) tries again after
   ``--retry-ms``, without waiting the ``Retry-After`` it was given, and a finished one starts
-  anew - while key B sends the same short requests again.
+  anew - while key B sends the same short requests again (warm-up first).
 
-The target: key B's p99 during the flood at most twice its p99 alone. The report also says how
-many of key A's streams were accepted and refused, and the most it had open at once (at most
-``--max-active-per-client``, by default a quarter of ``--max-active``). ``--compare`` runs the
-flood again with the share turned off (one client may take every slot), to show what it buys.
-Prints JSON (``--json``) or a Markdown table naming the machine. Only 127.0.0.1 is contacted;
-every phase is bounded in requests and time. tests/test_serve_auth_live.py runs a small one.
+Key A's flood runs in a process of its own (started with this script's ``--flood-worker``), as a
+flood from another machine would: in this process it would share key B's event loop, and key
+B's answers would wait for the loop to read 512 streams before its clock stopped. Both
+processes, and the server, share this machine's cores; the flood's process runs at the same
+priority as the others.
+
+The target: key B's p99 during the flood at most twice its p99 alone (p50 and p90 are reported
+too). The report also says how many of key A's streams were accepted and refused, and the most
+it had open at once (at most ``--max-active-per-client``, by default a quarter of
+``--max-active``). ``--compare`` runs the flood again with the share turned off (one client may
+take every slot), to show what it buys. Prints JSON (``--json``) or a Markdown table naming the
+machine. Only 127.0.0.1 is contacted; every phase is bounded in requests and time.
+tests/test_serve_auth_live.py runs a small one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import contextlib
 import json
 import os
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -121,12 +129,15 @@ class Flood:
         }
 
 
-async def shorts(base: str, key: str, n: int, length: int, timeout: float) -> dict:
-    """``n`` short requests with ``key``, one after the other on one kept-alive connection."""
+async def shorts(
+    base: str, key: str, n: int, length: int, timeout: float, warm_up: int = 0
+) -> dict:
+    """``warm_up`` then ``n`` short requests with ``key``, one after the other on one kept-alive
+    connection; the figures are the ``n``'s (the warm-up's errors are counted too)."""
     conn = Connection(base, headers={"Authorization": f"Bearer {key}"})
     results = []
     try:
-        for _ in range(n):
+        for _ in range(warm_up + n):
             result = await guarded(one_short(conn, length), timeout)
             if "error" in result:
                 await conn.close()
@@ -135,36 +146,67 @@ async def shorts(base: str, key: str, n: int, length: int, timeout: float) -> di
         await conn.close()
     errors = [r["error"] for r in results if "error" in r]
     return {
-        "short": percentiles([r["total"] for r in results if "error" not in r]),
+        "short": percentiles([r["total"] for r in results[warm_up:] if "error" not in r]),
+        "warm_up": warm_up,
         "errors": len(errors),
         "error_examples": errors[:5],
     }
 
 
-async def flood_phase(
-    base: str, keys: tuple[str, str], args: dict, want_open: int, timeout: float
-) -> tuple[dict, dict]:
-    """Key B's short requests while key A floods; (key B's figures, the flood's)."""
-    flood = Flood(base, keys[0], args["flood_streams"], args["stream_length"], args["retry_s"])
+async def flood_worker(
+    base: str, key: str, streams: int, length: int, retry_s: float, want_open: int
+) -> dict:
+    """In the flood's own process: flood, say ``ready`` on standard output once ``want_open``
+    streams are open (or after 10 s), stop when a line (or the end) comes on standard input,
+    and return the flood's report."""
+    flood = Flood(base, key, streams, length, retry_s)
     tasks = flood.start()
     deadline = time.monotonic() + 10
     while flood.most_open < want_open and time.monotonic() < deadline:
         await asyncio.sleep(0.02)  # the flood holds its share before the measuring starts
+    print(json.dumps({"ready": flood.most_open}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    flood.stop.set()
+    await asyncio.wait(tasks, timeout=30)
+    for task in tasks:
+        task.cancel()
+    return flood.report()
+
+
+def flood_phase(
+    base: str, keys: tuple[str, str], args: dict, want_open: int, timeout: float
+) -> tuple[dict, dict]:
+    """Key B's short requests while key A floods from another process; (key B's figures, the
+    flood's)."""
+    cmd = [sys.executable, __file__, "--flood-worker", base, keys[0], str(want_open)]
+    cmd += ["--flood-streams", str(args["flood_streams"])]
+    cmd += ["--stream-length", str(args["stream_length"])]
+    cmd += ["--retry-ms", str(1000 * args["retry_s"])]
+    worker = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert worker.stdin is not None and worker.stdout is not None
     try:
-        during = await shorts(base, keys[1], args["short"], args["short_length"], timeout)
+        ready = worker.stdout.readline()
+        if not ready:
+            raise RuntimeError("the flood's process ended before it was ready")
+        during = asyncio.run(
+            shorts(base, keys[1], args["short"], args["short_length"], timeout, args["warm_up"])
+        )
+        worker.stdin.write("stop\n")
+        worker.stdin.flush()
+        out, _ = worker.communicate(timeout=60)
     finally:
-        flood.stop.set()
-        await asyncio.wait(tasks, timeout=30)
-        for task in tasks:
-            task.cancel()
-    return during, flood.report()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    return during, json.loads(out)
 
 
 def measure(
     run: str | os.PathLike,
     flood_streams: int = 512,
-    short: int = 200,
+    short: int = 1000,
     short_length: int = 20,
+    warm_up: int = 50,
     stream_length: int = 2000,
     per_client: int | None = None,
     retry_ms: float = 100.0,
@@ -185,16 +227,17 @@ def measure(
                 server.url + "/v1/model", headers={"Authorization": f"Bearer {keys[1]}"}
             ).json()
             share = info["limits"]["max_active_per_client"]
-            alone = asyncio.run(shorts(server.url, keys[1], short, short_length, timeout))
+            alone = asyncio.run(shorts(server.url, keys[1], short, short_length, timeout, warm_up))
             args = {
                 "flood_streams": flood_streams,
                 "stream_length": stream_length,
                 "short": short,
                 "short_length": short_length,
+                "warm_up": warm_up,
                 "retry_s": retry_ms / 1000,
             }
             want = min(share, flood_streams)
-            during, flood = asyncio.run(flood_phase(server.url, keys, args, want, timeout))
+            during, flood = flood_phase(server.url, keys, args, want, timeout)
             deadline = time.monotonic() + 10  # the hung-up streams are dropped, and freed
             while True:
                 health = httpx.get(server.url + "/healthz").json()
@@ -223,25 +266,25 @@ def table(report: dict) -> str:
         f"fp32 matmul {m['fp32_matmul_gflops']:,} GFLOP/s, load average {m['load_average']}",
         f"model: {report['fair']['model']}",
         "",
-        "| share per client | key B: p50 alone | p99 alone | p50 in flood | p99 in flood | "
+        "| share per client | key B alone: p50 / p90 / p99 | in flood: p50 / p90 / p99 | "
         "p99 ratio (target <= 2x) | key A: accepted / 429 / most open |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|",
     ]
+
+    def spread(p: dict) -> str:
+        return f"{p['p50_ms']} / {p['p90_ms']} / {p['p99_ms']} ms" if p.get("n") else "-"
+
     for name in ("fair", "unfair"):
         r = report.get(name)
         if r is None:
             continue
         a, d, f = r["alone"]["short"], r["during"]["short"], r["flood"]
         failed = r["during"]["errors"]
-        during = (
-            f"{d.get('p50_ms')} ms | {d.get('p99_ms')} ms | {r['ratio_p99']}x"
-            if d.get("n")
-            else "- | - | -"
-        ) + (f" ({failed} of key B's requests failed)" if failed else "")
+        during = f"{spread(d)} | " + (f"{r['ratio_p99']}x" if d.get("n") else "-")
+        during += f" ({failed} of key B's requests failed)" if failed else ""
         lines.append(
-            f"| {r['max_active_per_client']} of {r['max_active']} | {a.get('p50_ms')} ms | "
-            f"{a.get('p99_ms')} ms | {during} | {f['accepted']} / {f['refused_429']} / "
-            f"{f['most_open_streams']} |"
+            f"| {r['max_active_per_client']} of {r['max_active']} | {spread(a)} | {during} | "
+            f"{f['accepted']} / {f['refused_429']} / {f['most_open_streams']} |"
         )
     return "\n".join(lines)
 
@@ -251,19 +294,36 @@ def main() -> int:
     ap.add_argument("--run", help="run directory (default: train a tiny model here)")
     ap.add_argument("--flood-streams", type=int, default=512)
     ap.add_argument("--stream-length", type=int, default=2000)
-    ap.add_argument("--short", type=int, default=200)
+    ap.add_argument("--short", type=int, default=1000)
+    ap.add_argument("--warm-up", type=int, default=50, help="short requests not counted")
     ap.add_argument("--short-length", type=int, default=20)
     ap.add_argument("--max-active-per-client", type=int, default=None)
     ap.add_argument("--retry-ms", type=float, default=100.0)
     ap.add_argument("--compare", action="store_true", help="also flood with the share off")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--flood-worker",
+        nargs=3,
+        metavar=("URL", "KEY", "OPEN"),
+        help=argparse.SUPPRESS,  # the flood's own process (see flood_phase)
+    )
     args = ap.parse_args()
+    if args.flood_worker:
+        base, key, want = args.flood_worker
+        report = asyncio.run(
+            flood_worker(
+                base, key, args.flood_streams, args.stream_length, args.retry_ms / 1000, int(want)
+            )
+        )
+        print(json.dumps(report), flush=True)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else train_tiny(Path(tmp) / "tiny")
-        report: dict = {"machine": machine()}
+        report = {"machine": machine()}
         common = dict(
             flood_streams=args.flood_streams,
             short=args.short,
+            warm_up=args.warm_up,
             short_length=args.short_length,
             stream_length=args.stream_length,
             retry_ms=args.retry_ms,

@@ -29,7 +29,14 @@ from charloom.serve.auth import (  # noqa: E402
     parse_env_keys,
     read_key_file,
 )
-from charloom.serve.clients import ACCESS_LOGGER, ClientBusy, ClientShares  # noqa: E402
+from charloom.serve.clients import (  # noqa: E402
+    ACCESS_LOGGER,
+    MAX_HOLD,
+    RETRY_AFTER_S,
+    ClientBusy,
+    ClientShares,
+    hold_for,
+)
 
 KEY_A = "alpha-0123456789-abcdefghij"
 KEY_B = "bravo-9876543210-zyxwvutsrq"
@@ -310,6 +317,39 @@ def test_without_keys_the_share_is_per_address(model):
     mine, unread, theirs = run(app, scenario)
     assert mine.status_code == 429 and theirs.status_code == 200
     assert unread.status_code == 429 and unread.headers["retry-after"] == "1"
+    # A refused request's small body is read, so its connection serves the client's next
+    # request; one past --max-body is left unread, and its connection closed.
+    assert mine.headers.get("connection") != "close"
+    assert unread.headers["connection"] == "close"
+
+
+def test_a_client_with_many_refusals_waiting_is_held_back_longer():
+    assert hold_for(0, 4) == hold_for(3, 4) == RETRY_AFTER_S  # a request or two past its share
+    assert hold_for(4, 4) == 2 * RETRY_AFTER_S
+    assert hold_for(384, 128) == 4 * RETRY_AFTER_S  # the flood: 384 connections refused
+    assert hold_for(10**6, 1) == MAX_HOLD * RETRY_AFTER_S
+
+
+def test_refusals_held_back_together_say_so_in_retry_after(model):
+    limits = ServeLimits(max_length=5_000_000, max_active=16, max_active_per_client=3)
+    app = create_app(model, limits, keys=ApiKeys([KEY_A, KEY_B]))
+
+    async def scenario(http):
+        long = await _hold_three_samples(app, http, bearer(KEY_A))
+        refused = await asyncio.gather(
+            *(
+                http.post("/v1/generate", json={"length": 5}, headers=bearer(KEY_A))
+                for _ in range(7)
+            )
+        )
+        theirs = await http.post("/v1/generate", json={"length": 5}, headers=bearer(KEY_B))
+        long.cancel()
+        return refused, theirs
+
+    refused, theirs = run(app, scenario)
+    assert all(r.status_code == 429 for r in refused) and theirs.status_code == 200
+    # 3 waiting already: 2 s; 6 waiting: 3 s (their order is the order they came in)
+    assert sorted(int(r.headers["retry-after"]) for r in refused) == [1, 1, 1, 2, 2, 2, 3]
 
 
 def test_the_default_share_is_a_quarter_of_max_active():

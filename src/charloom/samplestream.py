@@ -73,15 +73,23 @@ class SampleStream:
         self.settings = settings
         self.num_samples = num_samples
         self.seed = seed
-        #: The stream's random numbers, ``(steps, num_samples)`` per ``take``; engines draw with
-        #: them in order, which is what makes a seed give the same text everywhere.
-        self.uniforms = Uniforms(num_samples, seeded_rng(seed))
+        self._uniforms: Uniforms | None = None
         self.decoders = [vocab.decoder() for _ in range(num_samples)]
         self.counts = [0] * num_samples  # new characters made so far, per sample
         #: Documents mode: which samples drew the end symbol (ended by themselves), and the
         #: ids each drew before it (what ``--novel`` fingerprints).
         self.ended = [False] * num_samples
         self.drawn: list[list[int]] = [[] for _ in range(num_samples)]
+
+    @property
+    def uniforms(self) -> Uniforms:
+        """The stream's random numbers, ``(steps, num_samples)`` per ``take``; engines draw
+        with them in order, which is what makes a seed give the same text everywhere. Made on
+        first use: a server that draws its unseeded streams' numbers from a generator they
+        share never needs theirs (and making one takes a fresh seed from the system)."""
+        if self._uniforms is None:
+            self._uniforms = Uniforms(self.num_samples, seeded_rng(self.seed))
+        return self._uniforms
 
     @property
     def done(self) -> bool:

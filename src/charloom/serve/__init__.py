@@ -4,6 +4,9 @@ Built on FastAPI and uvicorn (core dependencies). The pieces:
 
 - ``limits.py``     ServeLimits: every bound a request must respect (one home for them);
 - ``scheduler.py``  one worker that steps all requests' samples together, a chunk at a time;
+- ``rounds.py``     which requests the worker takes in first and steps each round;
+- ``stepping.py``   one chunk of steps with the engine ``charloom sample`` uses;
+- ``jobs.py``       a request as the worker holds it (its stream, state and text);
 - ``schemas.py``    request and response bodies (strict, bounded, documented in OpenAPI);
 - ``auth.py``       API keys: reading them, checking ``Authorization: Bearer``, the 401;
 - ``clients.py``    who a request is from, the fair share per client (429), the access log;

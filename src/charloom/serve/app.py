@@ -242,7 +242,9 @@ def create_app(
     app.state.limits = limits
     app.state.shares = shares
     app.add_middleware(BodyLimit, max_body=limits.max_body)
-    app.add_middleware(ShareGuard, shares=shares, paths=frozenset(allowed))
+    app.add_middleware(
+        ShareGuard, shares=shares, paths=frozenset(allowed), max_body=limits.max_body
+    )
     if keys is not None:  # outside the body limit: a stranger's body is never read
         app.add_middleware(KeyAuth, keys=keys)
     if access_log:
@@ -372,12 +374,19 @@ def create_app(
             prime, prime_ids = prepare("prime", model.default_prime(given))
         settings = SampleSettings(req.temperature, req.top_k, req.top_p, req.greedy)
         settings.validate()
+        client = client_of(request.scope).id
         job = GenerateJob(
-            prime_ids, settings, req.length, req.num_samples, req.seed, documents=documents
+            prime_ids,
+            settings,
+            req.length,
+            req.num_samples,
+            req.seed,
+            documents=documents,
+            client=client,
         )
         completions = [""] * req.num_samples
         started = time.perf_counter()
-        share = shares.take(client_of(request.scope).id, job.rows)  # 429 past the client's
+        share = shares.take(client, job.rows)  # 429 past the client's
         if not req.stream:
             with share:
                 async with aclosing(scheduler.generate(job)) as pieces:
@@ -439,8 +448,9 @@ def create_app(
         _, ids = prepare("text", text)
         settings = SampleSettings(req.temperature, req.top_k, req.top_p)
         settings.validate()
-        with shares.take(client_of(request.scope).id, 1):
-            found = await scheduler.next_chars(NextJob(ids, settings, req.top))
+        client = client_of(request.scope).id
+        with shares.take(client, 1):
+            found = await scheduler.next_chars(NextJob(ids, settings, req.top, client=client))
         return NextResponse(
             candidates=[Candidate(char=_char(vocab, i), id=i, prob=p) for i, p in found],
             skipped=skipped,

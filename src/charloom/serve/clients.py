@@ -14,7 +14,10 @@ that several people reach through the same address.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,10 +33,17 @@ SCOPE_KEY = "charloom.client"
 #: The access log's logger; ``charloom serve --access-log`` sends it to standard output.
 ACCESS_LOGGER = "charloom.serve.access"
 
-#: A refused client is told to retry after this many seconds, and its 429 is held back as long:
-#: a client that retries at once, on every connection it has, then costs the server one cheap
-#: answer per connection per second instead of keeping its event loop busy with refusals.
+#: A refused client is told to retry after this many seconds, and its 429 is held back about as
+#: long: a client that retries at once, on every connection it has, then costs the server one
+#: cheap answer per connection per second instead of keeping its event loop busy with refusals.
 RETRY_AFTER_S = 1
+#: How much a held 429 is held back, at random, as a fraction of its hold: between half and one
+#: and a half times it. Refusals that all came in at once (a flood's connections asking again
+#: together) then go back out, and come in again, spread over a second rather than as one burst
+#: that would hold up the event loop - and everyone else's requests - at once.
+HOLD_SPREAD = 0.5
+#: The longest a 429 is held back, in multiples of RETRY_AFTER_S (see ShareGuard).
+MAX_HOLD = 10
 
 
 @dataclass(frozen=True)
@@ -134,24 +144,92 @@ async def refusal(exc: ClientBusy) -> JSONResponse:
 
 class ShareGuard:
     """ASGI middleware: refuse a generation request from a client whose share is full before
-    its body is read or parsed, so a client that keeps asking costs little. (One that fits only
-    in part - more samples than it has room for - is refused by the route, after parsing.)"""
+    the app parses it, so a client that keeps asking costs little. (One that fits only in part -
+    more samples than it has room for - is refused by the route, after parsing.)
 
-    def __init__(self, app: ASGIApp, shares: ClientShares, paths: frozenset[str]) -> None:
+    The refusal is written straight to the connection and held back: :data:`RETRY_AFTER_S`,
+    and one more for each ``per_client`` refusals of this client already waiting (at most
+    :data:`MAX_HOLD` times it), spread by :data:`HOLD_SPREAD`; ``Retry-After`` says as much.
+    A client past its share on a request or two waits a second; one that keeps hundreds of
+    refused requests in the air waits longer for each, so that it asks - and costs the event
+    loop a parsed request - a few times less often. The request's body (at most ``max_body``
+    bytes, read within the hold) is read and dropped first, so that the connection stays open
+    for the client's next request: a refusal costs one parsed request, not a new connection
+    as well."""
+
+    def __init__(
+        self, app: ASGIApp, shares: ClientShares, paths: frozenset[str], max_body: int
+    ) -> None:
         self.app = app
         self.shares = shares
         self.paths = paths
+        self.max_body = max_body
+        self._random = random.Random()
+        self._waiting: dict[str, int] = {}  # refusals held back now, by client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("path") in self.paths:
+            client = client_of(scope).id
             try:
-                self.shares.check(client_of(scope).id, 1)
+                self.shares.check(client, 1)
             except ClientBusy as exc:
-                response = await refusal(exc)
-                response.headers["Connection"] = "close"  # its body is left unread
-                await response(scope, receive, send)
+                waiting = self._waiting.get(client, 0)
+                self._waiting[client] = waiting + 1
+                try:
+                    await self._refuse(exc, waiting, receive, send)
+                finally:
+                    self._give_back(client)
                 return
         await self.app(scope, receive, send)
+
+    def _give_back(self, client: str) -> None:
+        left = self._waiting[client] - 1
+        if left:
+            self._waiting[client] = left
+        else:
+            del self._waiting[client]
+
+    async def _refuse(self, exc: ClientBusy, waiting: int, receive: Receive, send: Send) -> None:
+        retry_after = hold_for(waiting, self.shares.per_client)
+        hold = retry_after * (1 + HOLD_SPREAD * (2 * self._random.random() - 1))
+        start = time.monotonic()
+        read = False
+        with anyio.move_on_after(hold):
+            read = await _read_body(receive, self.max_body)
+        await anyio.sleep(max(0.0, hold - (time.monotonic() - start)))
+        body = json.dumps({"message": str(exc), "detail": str(exc)}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"retry-after", str(retry_after).encode()),
+        ]
+        if not read:
+            headers.append((b"connection", b"close"))  # its body is left unread
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def hold_for(waiting: int, per_client: int) -> int:
+    """Seconds a refusal is held back (give or take :data:`HOLD_SPREAD`), and its
+    ``Retry-After``, when ``waiting`` refusals of the same client are held back already:
+    :data:`RETRY_AFTER_S`, one more for each ``per_client`` of those, at most :data:`MAX_HOLD`
+    times it."""
+    return min(MAX_HOLD, 1 + waiting // per_client) * RETRY_AFTER_S
+
+
+async def _read_body(receive: Receive, limit: int) -> bool:
+    """Read a request's body to its end and drop it; whether it ended within ``limit`` bytes
+    (the connection can then serve the client's next request)."""
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False  # the client went away
+        size += len(message.get("body", b""))
+        if size > limit:
+            return False
+        if not message.get("more_body", False):
+            return True
 
 
 class AccessLog:

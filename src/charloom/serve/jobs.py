@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..model import CharRNN
@@ -46,16 +47,25 @@ class GenerateJob:
     state: tuple[torch.Tensor, ...] = ()
     logits: torch.Tensor | None = None
     fresh: list[list[str]] = field(default_factory=list)  # text made since the last delivery
-    pending: list[torch.Tensor] = field(default_factory=list)  # drawn ids not decoded yet
+    pending: list[np.ndarray] = field(default_factory=list)  # drawn ids not decoded yet
     pending_steps: int = 0
-    spare: torch.Tensor | None = None  # a seeded job's uniforms drawn but not used yet
+    spare: np.ndarray | None = None  # a seeded job's uniforms drawn but not used yet
     delivered_at: float = 0.0  # when the worker last handed this job's text out
+    #: Who asked (``clients.Client.id``): the worker takes in the least busy client's first.
+    client: str = ""
+    quick: bool = False  # short enough to be stepped apart until done (rounds.py)
     queue: asyncio.Queue | None = None  # what the worker delivers, read on the event loop
     loop: asyncio.AbstractEventLoop | None = None
+    #: Samples, as columns of the worker's batch (``num_samples``). Plain attributes rather than
+    #: properties, this and ``left`` below: the worker reads them for every job, every chunk.
+    rows: int = field(init=False, default=1)
+    #: ``length`` less the fewest characters a sample has, less the steps drawn and not yet
+    #: decoded: see ``steps_left``.
+    left: int = field(init=False, default=0)
+    stepped: bool = field(init=False, default=False)  # whether a step has been taken
 
-    @property
-    def rows(self) -> int:
-        return self.num_samples
+    def __post_init__(self) -> None:
+        self.rows = self.num_samples
 
     @property
     def uniforms(self) -> Uniforms | None:
@@ -69,18 +79,15 @@ class GenerateJob:
         """Steps before this job can complete: at least one per character still missing (more in
         bytes mode, where a character may take several). Stepping no further than the smallest
         of these over a batch ends the chunk as soon as a job completes, and wastes no step."""
-        stream = self.stream
-        assert stream is not None  # set by prime(), which runs before any step
-        return max(1, stream.length - min(stream.counts) - self.pending_steps)
+        return max(1, self.left)
 
     @property
     def fresh_start(self) -> bool:
         """Whether no step has been taken yet (its first chunk is kept short, so that its first
         characters go out at once however long the request)."""
-        stream = self.stream
-        return stream is not None and self.pending_steps == 0 and max(stream.counts) == 0
+        return self.stream is not None and not self.stepped
 
-    def draw(self, steps: int) -> torch.Tensor:
+    def draw(self, steps: int) -> np.ndarray:
         """A seeded job's next ``steps`` uniforms ``(steps, num_samples)``: those given back
         (:meth:`give_back`) first, then its stream's, so it consumes them in the order
         ``charloom sample --seed`` does however its chunks are cut."""
@@ -88,19 +95,17 @@ class GenerateJob:
         assert uniforms is not None  # only seeded jobs draw their own
         spare, self.spare = self.spare, None
         if spare is None:
-            return torch.from_numpy(uniforms.take(steps))
+            return uniforms.take(steps)
         if len(spare) > steps:
             spare, self.spare = spare[:steps], spare[steps:]
-        return (
-            spare
-            if len(spare) == steps
-            else torch.cat([spare, torch.from_numpy(uniforms.take(steps - len(spare)))])
-        )
+        if len(spare) == steps:
+            return spare
+        return np.concatenate([spare, uniforms.take(steps - len(spare))])
 
-    def give_back(self, unused: torch.Tensor) -> None:
+    def give_back(self, unused: np.ndarray) -> None:
         """Keep ``unused`` uniforms (drawn for a chunk that ended early) for the next draw."""
         if len(unused):
-            self.spare = unused if self.spare is None else torch.cat([unused, self.spare])
+            self.spare = unused if self.spare is None else np.concatenate([unused, self.spare])
 
     def prime(self, start: Starter, vocab: Vocab) -> None:
         """Run the prime once (one row) with ``start(prime_ids, rows)`` (``Stepper.start``) and
@@ -110,6 +115,7 @@ class GenerateJob:
             vocab, self.prime_ids, self.length, self.settings, self.num_samples, self.seed, end
         )
         self.fresh = [[] for _ in range(self.num_samples)]
+        self.left = self.stream.length
         if self.stream.done:  # length 0
             self.finished = True
             return
@@ -140,16 +146,18 @@ class GenerateJob:
             return None
         return list(self.stream.ended)
 
-    def take(self, ids: torch.Tensor) -> None:
+    def take(self, ids: np.ndarray) -> None:
         """Keep this job's newly drawn ``ids (steps, num_samples)``. They are decoded when the
         text goes out (:meth:`take_fresh`) - once per delivery, not once per chunk - or at once
         when they may complete the job, so that ``finished`` is always up to date."""
         self.pending.append(ids)
         self.pending_steps += ids.shape[0]
+        self.left -= ids.shape[0]
+        self.stepped = True
         stream = self.stream
         assert stream is not None  # set by prime(), which runs before any step
         # Documents end when they draw their end symbol: decode at once to see it.
-        if stream.end is not None or stream.length - min(stream.counts) - self.pending_steps <= 0:
+        if stream.end is not None or self.left <= 0:
             self._decode()
 
     def _decode(self) -> None:
@@ -157,11 +165,12 @@ class GenerateJob:
         assert stream is not None  # set by prime(), which runs before any step
         if not self.pending:
             return
-        ids = self.pending[0] if len(self.pending) == 1 else torch.cat(self.pending)
+        ids = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
         self.pending, self.pending_steps = [], 0
         for pieces, piece in zip(self.fresh, stream.take(ids)):
             if piece:
                 pieces.append(piece)
+        self.left = stream.length - min(stream.counts)
         if stream.done:
             self.finished = True
 
@@ -180,14 +189,13 @@ class NextJob:
     prime_ids: list[int]
     settings: SampleSettings
     top: int
+    client: str = ""  # who asked (see GenerateJob.client)
     cancelled: bool = False
     result: list[tuple[int, float]] = field(default_factory=list)
     future: asyncio.Future | None = None
     loop: asyncio.AbstractEventLoop | None = None
 
-    @property
-    def rows(self) -> int:
-        return 1
+    rows: int = field(init=False, default=1)  # a column of the worker's batch, as a job's
 
     def prime(self, model: CharRNN, vocab: Vocab) -> None:
         device = model.head.weight.device

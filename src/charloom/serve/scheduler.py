@@ -4,12 +4,15 @@ Why a single worker: a character model is cheap per step but is stepped thousand
 on a CPU two requests stepped in two threads mostly fight over the cores. So every request's
 samples become columns of one batch, stepped by the engine ``charloom sample`` uses (the
 compiled loop of ``fastgen.py`` on a CPU with numba), many steps per call: see
-``stepping.py``. The worker steps one chunk (at most ``chunk_ms``, and never past the first
-job's completion), hands the new text to the event loop, takes in new requests (running their
-primes) and drops finished or abandoned ones, then steps again. A chunk ends early when a
-request arrives, and a newcomer's first chunk runs on its own (every other round at most). A
-long request therefore delays a short one by about one block of a chunk, never by its length,
-and a request whose client went away stops costing anything at the next chunk boundary.
+``stepping.py``. Each round the worker takes in new requests (running their primes, the least
+busy client's first), steps some requests for one chunk (at most ``chunk_ms``, and never past
+the first one's completion), hands the new text to the event loop and drops finished or
+abandoned requests. Which requests a round steps is ``rounds.py``'s choice: short requests
+apart from the running streams until they are done, a long one's first chunk apart, and the
+running streams together, at least once per ``chunk_ms`` of the others' time. A chunk ends
+early when a request arrives. A long request therefore delays a short one by about one block of
+a chunk, never by its length, and a request whose client went away stops costing anything at
+the next chunk boundary.
 
 The worker is one thread of its own, so the event loop keeps answering HTTP between chunks and
 the model keeps stepping while the loop is busy with HTTP. They share little: the loop puts new
@@ -35,13 +38,10 @@ from ..model import CharRNN
 from ..nextchar import SampleSettings
 from ..vocab import Vocab
 from .jobs import GenerateJob, NextJob
+from .rounds import Turns, admission_order
 from .stepping import Stepper
 
 log = logging.getLogger("charloom.serve")
-
-#: Seconds between two deliveries of a running request's text, per running request (at least
-#: ``chunk_ms``): 64 streams get their text every 64 ms, 512 every half second.
-DELIVERY_S = 0.001
 
 
 class ServerBusy(CharloomError):
@@ -75,9 +75,11 @@ class Scheduler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._admitted: set = set()  # jobs submitted and not yet over (event-loop side)
+        self._admitted_rows = 0  # their samples
         self._stepping = (0, 0)  # (requests, samples) in the worker's batch (worker side)
         self._current: list[GenerateJob] = []  # the worker's batch (worker side)
-        self._batch_stepped_at = 0.0  # when the worker last stepped every job at once
+        self.turns = Turns(self.chunk_s)  # which jobs step, whose text goes out (worker side)
+        self._queue: list[GenerateJob | NextJob] = []  # taken from the inbox, not yet in
         self.chars_generated = 0
         self.requests_served = 0
 
@@ -95,7 +97,7 @@ class Scheduler:
         return {
             "active_requests": requests,
             "active_samples": samples,
-            "admitted_samples": sum(j.rows for j in self._admitted),
+            "admitted_samples": self._admitted_rows,
             "requests_served": self.requests_served,
             "chars_generated": self.chars_generated,
         }
@@ -110,7 +112,7 @@ class Scheduler:
             self._thread.start()
 
     def _submit(self, job: GenerateJob | NextJob) -> None:
-        load = sum(j.rows for j in self._admitted)
+        load = self._admitted_rows
         if load + job.rows > self.max_active:
             raise ServerBusy(
                 f"the server is generating {load} samples already (at most {self.max_active}); "
@@ -119,6 +121,7 @@ class Scheduler:
         self.start()
         job.loop = asyncio.get_running_loop()
         self._admitted.add(job)
+        self._admitted_rows += job.rows
         self._inbox.put(job)
         self._wake.set()
 
@@ -126,7 +129,9 @@ class Scheduler:
         """Stop ``job`` (if it still runs, the worker drops it at its next chunk) and free its
         place. Safe to call more than once, and after the job is over."""
         job.cancelled = True
-        self._admitted.discard(job)
+        if job in self._admitted:
+            self._admitted.remove(job)
+            self._admitted_rows -= job.rows
 
     def generate(self, job: GenerateJob) -> AsyncGenerator[list[str], None]:
         """Submit ``job`` now (raising :class:`ServerBusy` if full) and return an iterator of
@@ -179,6 +184,7 @@ class Scheduler:
             job.cancelled = True
             self._deliver(job, [("error", "the server is shutting down")])
         self._admitted.clear()
+        self._admitted_rows = 0
         if thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
 
@@ -231,7 +237,7 @@ class Scheduler:
             log.exception("warm-up failed")
         jobs: list[GenerateJob] = []
         while not self._stop.is_set():
-            if not jobs and self._inbox.empty():
+            if not jobs and not self._waiting():
                 self._stepping = (0, 0)
                 self._wake.wait(timeout=1.0)
             self._wake.clear()
@@ -241,52 +247,39 @@ class Scheduler:
                 log.exception("generation failed")
                 for job in self._current:
                     self._post(job, [("error", f"generation failed: {exc}")])
+                self.stepper.release()
                 jobs = []
         self._stepping = (0, 0)
 
     def _round(self, jobs: list[GenerateJob]) -> list[GenerateJob]:
-        """Admit new jobs, step all for one chunk, deliver; return the jobs still running."""
+        """Admit new jobs, step some for one chunk (see rounds.py), deliver; return the jobs
+        still running."""
         with torch.inference_mode():
-            admitted = self._admit()
             running = [j for j in jobs if not j.cancelled]
-            jobs = running + [j for j in admitted if not j.cancelled]
+            new = [j for j in self._admit(running) if not j.cancelled]
+            jobs = running + new
             self._current = jobs
             self._stepping = (len(jobs), sum(j.rows for j in jobs))
             if not jobs:
+                self.stepper.release()
                 return jobs
-            # Newcomers take their first chunk on their own, so that a short request is done
-            # without waiting for the running batch's steps - as long as the running requests
-            # have had a round within the last chunk_s, so that arrivals, however many, cannot
-            # hold them back for more than about a chunk.
-            now = time.perf_counter()
-            alone = len(jobs) > len(running) > 0 and now - self._batch_stepped_at < self.chunk_s
-            stepped = jobs[len(running) :] if alone else jobs
-            if not alone:
-                self._batch_stepped_at = now
-            self.stepper.step(stepped, interrupted=lambda: not self._inbox.empty())
-        # Completed jobs' answers go out first, at once, and so do a new job's first
-        # characters. Other jobs' text goes out once per chunk_ms (however short the chunks:
-        # they end early when requests arrive), since each delivery costs decoding here and an
-        # event on the event loop - and not while requests wait to come in: their first round
-        # comes first, and their answers would otherwise queue on the event loop behind the
-        # running streams' text.
+            stepped, batch = self.turns.pick(running, new)
+            started = time.perf_counter()
+            self.stepper.step(stepped, interrupted=self._waiting, keep=batch)
+            self.turns.took(time.perf_counter() - started, batch)
+        # Completed jobs' answers go out first, at once, then the others' text as it is due -
+        # but not while a request waits to come in (its round comes first, and its answer would
+        # otherwise queue on the event loop behind the running streams' text), except a new
+        # job's first characters.
         now = time.perf_counter()
-        waiting = not self._inbox.empty()
-        # With many requests running, their text goes out less often, so that handing it to the
-        # event loop costs it a bounded share of its time (a new request's HTTP is handled
-        # there too): every chunk_ms, or DELIVERY_S per running request, whichever is longer.
-        every = max(self.chunk_s, DELIVERY_S * len(jobs))
-
-        def held_back(job: GenerateJob) -> bool:
-            if job.finished or not job.delivered_at:
-                return False
-            return waiting or now - job.delivered_at < every
-
-        for due in ([j for j in jobs if j.finished], [j for j in jobs if not j.finished]):
-            batch: list[tuple[GenerateJob | NextJob, list]] = []
-            for job in due:
-                if held_back(job):
-                    continue
+        done, due = self.turns.due(jobs, now)
+        if due:
+            self.stepper.flush()  # the kept batch's ids so far, to the jobs
+        for group in (done, due):
+            batch_items: list[tuple[GenerateJob | NextJob, list]] = []
+            for job in group:
+                if job.delivered_at and not job.finished and self._waiting():
+                    break
                 job.delivered_at = now
                 items: list[tuple[str, object]] = []
                 texts = job.take_fresh()
@@ -294,9 +287,13 @@ class Scheduler:
                     items.append(("text", texts))
                 if job.finished:
                     items.append(("done", None))
-                batch.append((job, items))
-            self._post_all(batch)
+                batch_items.append((job, items))
+            self._post_all(batch_items)
         return [j for j in jobs if not (j.finished or j.cancelled)]
+
+    def _waiting(self) -> bool:
+        """Whether a request waits to be taken in (the running batch's chunk ends early)."""
+        return bool(self._queue) or not self._inbox.empty()
 
     def _warm_up(self) -> None:
         """Step two throw-away jobs, of one and of four samples (the engine runs them on one
@@ -308,20 +305,21 @@ class Scheduler:
                 self.stepper.step([job])
         self.stepper.forget_rate()
 
-    def _admit(self) -> list[GenerateJob]:
-        """Run the primes of newly submitted jobs and answer /v1/next jobs; return the new
-        generation jobs. Primes get at most half a chunk of time per round (the rest wait for
-        the next round), so a flood of long primes slows the running streams but never stops
-        them."""
+    def _admit(self, running: list[GenerateJob]) -> list[GenerateJob]:
+        """Run the primes of newly submitted jobs, least busy client first (rounds.py), and
+        answer /v1/next jobs; return the new generation jobs. Primes get at most half a chunk
+        of time per round (the rest wait for the next round), so a flood of long primes slows
+        the running streams but never stops them."""
+        while True:
+            try:
+                self._queue.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        self._queue = admission_order(self._queue, running)
         admitted: list[GenerateJob] = []
         deadline = time.perf_counter() + self.chunk_s / 2
-        while True:
-            if time.perf_counter() > deadline:
-                return admitted
-            try:
-                job = self._inbox.get_nowait()
-            except queue.Empty:
-                return admitted
+        while self._queue and time.perf_counter() <= deadline:
+            job = self._queue.pop(0)
             if job.cancelled:
                 continue
             try:
@@ -339,3 +337,4 @@ class Scheduler:
                 self._post(job, [("done", None)])
             else:
                 admitted.append(job)
+        return admitted

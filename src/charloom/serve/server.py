@@ -15,12 +15,14 @@ import os
 import socket
 import ssl
 import sys
+import threading
 from collections.abc import Callable
 
 import torch
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
+from .. import fastgen
 from ..charmodel import load
 from ..errors import CharloomError
 from .app import create_app
@@ -122,6 +124,13 @@ def log_config(access_log: bool) -> dict:
     return config
 
 
+def _freeze_when_compiled() -> None:
+    """Wait for the compiled engine's kernels, then freeze what is alive (see :func:`serve`)."""
+    if fastgen.prepare(wait=True):
+        gc.collect()
+        gc.freeze()
+
+
 def serve(
     run: str | os.PathLike,
     host: str = DEFAULT_HOST,
@@ -167,9 +176,13 @@ def serve(
     app = create_app(model, limits, keys=keys, access_log=access_log)
     # Everything alive now (torch, FastAPI, the model) lives as long as the server: freezing it
     # keeps the garbage collector's full passes from scanning it, which otherwise stalls every
-    # request in flight for a tenth of a second now and then.
+    # request in flight for a tenth of a second now and then. The same goes for numba's
+    # compiled kernels (a hundred thousand objects), which load in the background: they are
+    # frozen in their turn once loaded.
     gc.collect()
     gc.freeze()
+    if fastgen.status() == "compiling":
+        threading.Thread(target=_freeze_when_compiled, name="charloom-freeze", daemon=True).start()
     config = uvicorn.Config(
         app,
         log_level="info" if access_log else "warning",
