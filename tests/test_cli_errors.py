@@ -259,6 +259,13 @@ def test_train_unknown_encoding(tmp_path, text_file, capsys):
     assert_nothing_written(tmp_path, out)
 
 
+def test_train_encoding_with_a_nul_character(tmp_path, text_file, capsys):
+    out = tmp_path / "out"
+    args = tiny_train_args(text_file, out, "--encoding", "utf\x008")
+    expect_error(capsys, args, "unknown encoding")
+    assert_nothing_written(tmp_path, out)
+
+
 def test_train_unknown_corpus(tmp_path, capsys):
     out = tmp_path / "out"
     msg = expect_error(

@@ -153,7 +153,7 @@ class FileDecoder:
     def __init__(self, name: str, encoding: str = "utf-8", errors: str = "strict") -> None:
         try:
             codec = codecs.lookup(encoding)
-        except LookupError:
+        except (LookupError, ValueError):  # ValueError: a name with a NUL character in it
             raise CharloomError(f"unknown encoding {encoding!r}") from None
         if errors not in ("strict", "replace", "ignore"):
             raise CharloomError(f"--errors must be strict, replace or ignore, not {errors!r}")
