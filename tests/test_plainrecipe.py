@@ -4,6 +4,7 @@ models, budgets of a second or two; nothing here depends on how fast this machin
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -108,6 +109,15 @@ def test_the_choice_is_what_charloom_train_picks(tmp_path, monkeypatch):
     assert (chosen.layers, chosen.hidden, chosen.precision) == (1, 256, "fp32")
     assert chosen.batch_size * chosen.seq_len > 0 and chosen.grad_clip == 1.0
     assert "lstm 1x256 (embed 64), fp32, batch 32x64" in chosen.describe()
+    # charloom trains at PEAK_LR_SCALE x the ladder's rate, decaying to zero; the constant loop
+    # is given the ladder's own rate
+    run_config = TrainConfig.from_dict(
+        json.loads((tmp_path / "run" / "latest" / "state.json").read_text())["config"]
+    )
+    ladder_lr = presets.BUDGET_LADDER[0][1]["lr"]
+    assert run_config.lr == pytest.approx(ladder_lr * presets.PEAK_LR_SCALE)
+    assert (run_config.schedule, run_config.min_lr_ratio) == ("linear", 0.0)
+    assert chosen.lr == ladder_lr
 
 
 def test_a_folder_without_a_run_is_one_clear_error(tmp_path):

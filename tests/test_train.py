@@ -218,6 +218,16 @@ def test_cosine_schedule_with_warmup():
     assert learning_rate(cfg, 110, 0) == pytest.approx(0.1)
 
 
+def test_linear_schedule_with_warmup_and_under_a_time_budget():
+    cfg = charloom.TrainConfig(lr=1.0, warmup=10, iters=110, min_lr_ratio=0.0, schedule="linear")
+    assert learning_rate(cfg, 9, 0) == pytest.approx(1.0)
+    assert learning_rate(cfg, 35, 0) == pytest.approx(0.75)
+    assert learning_rate(cfg, 110, 0) == pytest.approx(0.0)
+    timed = cfg.replace(time=60.0, min_lr_ratio=0.2)  # progress is the budget's, not iterations'
+    assert learning_rate(timed, 500, 0.5) == pytest.approx(0.6)
+    assert learning_rate(timed, 500, 1.0) == pytest.approx(0.2)
+
+
 def test_default_run_directory_never_replaces_a_run(tmp_path, small_text, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = charloom.preset_config("tiny", **tiny_overrides(iters=2))
@@ -265,6 +275,21 @@ def test_budget_rule_on_small_texts():
     assert budget_overrides(300, 77_000, rates)["dropout"] == 0.5
     # too short a budget for a two-layer model to get enough steps: stays small, no dropout
     assert budget_overrides(10, 77_000, rates)["layers"] == 1
+
+
+def test_budget_rule_schedule_and_the_constant_rate():
+    from charloom.presets import BUDGET_LADDER, PEAK_LR_SCALE, budget_overrides, constant_rate
+
+    slow, fast = {"fp32": 84.0, "bf16": 1.0}, {"fp32": 1e4, "bf16": 1.0}
+    one = budget_overrides(10, 1_000_000, slow)  # 1 reference second: the first entry
+    assert one["layers"] == 1 and (one["schedule"], one["min_lr_ratio"]) == ("linear", 0.0)
+    assert one["lr"] == pytest.approx(BUDGET_LADDER[0][1]["lr"] * PEAK_LR_SCALE)
+    deep = budget_overrides(600, 1_000_000, fast)  # two layers: its entry's rate, no DECAY
+    assert deep["layers"] == 2 and "schedule" not in deep
+    cfg = charloom.TrainConfig().replace(**one)
+    assert constant_rate(cfg) == BUDGET_LADDER[0][1]["lr"]
+    assert constant_rate(cfg.replace(schedule="cosine")) == cfg.lr  # not the rule's: as given
+    assert constant_rate(charloom.TrainConfig().replace(**deep)) == deep["lr"]
 
 
 def test_time_without_size_flags_sizes_the_model(tmp_path, small_text, capsys):

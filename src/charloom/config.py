@@ -31,7 +31,7 @@ BATCHINGS = ("stream", "portions")
 BENCH_DATA_ENV = "CHARLOOM_BENCH_DATA"
 
 OPTIMIZERS = ("adamw", "adam")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOG_STYLES = ("bar", "lecture")
@@ -136,10 +136,12 @@ class TrainConfig:
     weight_decay: float = _setting(0.0, "weight decay (adamw only)")
     grad_clip: float | None = _setting(1.0, "max gradient norm, or 'none'", type=parse_grad_clip)
     schedule: str = _setting(
-        "cosine", "learning rate after the warm-up: cosine decay or constant", choices=SCHEDULES
+        "cosine",
+        "learning rate after the warm-up: cosine or linear decay, or constant",
+        choices=SCHEDULES,
     )
     warmup: int = _setting(100, "iterations of linear warm-up", min=0)
-    min_lr_ratio: float = _setting(0.1, "the cosine ends at lr * this ratio (0 to 1)")
+    min_lr_ratio: float = _setting(0.1, "the decay ends at lr * this ratio (0 to 1)")
     # length: iterations, or a wall-clock budget in seconds (then the schedule ends at it)
     iters: int = _setting(2000, "training iterations", min=1)
     time: float | None = _setting(

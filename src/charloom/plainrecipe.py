@@ -14,7 +14,10 @@ so charloom's worth is the distance between the two held-out losses at the same 
 loop is therefore given exactly charloom's choice - size, dropout, precision, batch, sequence
 length, learning rate, clipping norm and seed, all from :func:`presets.size_for_budget`
 (:func:`plain_choice`), or as recorded by the run being compared (:func:`choice_of_run`) - and
-nothing in it is tuned but the budget.
+nothing in it is tuned but the budget. One exception, in the loop's favour: charloom trains a
+one-layer model at a peak rate that decays to zero (``presets.PEAK_LR_SCALE``), and a constant
+rate that high does far worse, so the loop is given the ladder entry's own rate instead, the one
+it was measured at (:func:`presets.constant_rate`).
 
 What is measured, and how it matches ``charloom bench``'s ``val_loss_90s``/``val_loss_5m``:
 
@@ -67,7 +70,7 @@ from .errors import CharloomError
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN
 from .modelconfig import ModelConfig
-from .presets import preset_config, size_for_budget
+from .presets import constant_rate, preset_config, size_for_budget
 from .rundir import LATEST
 
 #: The issue's target for charloom against this loop: ``val_loss - plain_val_loss`` at most this.
@@ -106,7 +109,7 @@ class PlainChoice:
             dropout=m.dropout,
             batch_size=config.batch_size,
             seq_len=config.seq_len,
-            lr=config.lr,
+            lr=constant_rate(config),
             precision=config.precision,
             grad_clip=config.grad_clip,
             seed=config.seed,

@@ -1,7 +1,7 @@
 """The learning-rate schedule and the clock of a run's budget.
 
 A run is budgeted in iterations (``--iters``) or in wall-clock seconds (``--time``). Under a time
-budget the cosine schedule ends at the deadline, evaluations are spaced by what they cost so that
+budget the schedule's decay ends at the deadline, evaluations are spaced by what they cost so that
 they take about :data:`EVAL_SHARE` of the time, and training stops early enough for the final
 evaluation and checkpoint to end by the deadline.
 """
@@ -59,6 +59,8 @@ def learning_rate(config: TrainConfig, iteration: int, progress: float) -> float
         progress = (iteration - config.warmup) / span
     progress = min(max(progress, 0.0), 1.0)
     low = config.lr * config.min_lr_ratio
+    if config.schedule == "linear":
+        return low + (config.lr - low) * (1 - progress)
     return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * progress))
 
 
