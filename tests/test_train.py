@@ -284,6 +284,9 @@ def test_budget_rule_schedule_and_the_constant_rate():
     one = budget_overrides(10, 1_000_000, slow)  # 1 reference second: the first entry
     assert one["layers"] == 1 and (one["schedule"], one["min_lr_ratio"]) == ("linear", 0.0)
     assert one["lr"] == pytest.approx(BUDGET_LADDER[0][1]["lr"] * PEAK_LR_SCALE)
+    small = budget_overrides(60, 77_000, slow)  # one layer, but ~14 passes: no DECAY
+    assert small["layers"] == 1 and "schedule" not in small
+    assert small["lr"] == BUDGET_LADDER[0][1]["lr"]
     deep = budget_overrides(600, 1_000_000, fast)  # two layers: its entry's rate, no DECAY
     assert deep["layers"] == 2 and "schedule" not in deep
     cfg = charloom.TrainConfig().replace(**one)
