@@ -245,15 +245,13 @@ def constant_rate(config: TrainConfig) -> float:
     entry's rate - what a hand-written loop at a constant rate is given (``plainrecipe``): at
     the peak it would do far worse (1.645 nats/char against 1.556 at the entry's 4e-3, in the
     90 s measurement above). Otherwise ``config.lr``."""
+    if (config.schedule, config.min_lr_ratio) != (DECAY["schedule"], DECAY["min_lr_ratio"]):
+        return config.lr
     m = config.model
     shape = (m.layers, m.hidden, m.embed, config.batch_size, config.seq_len)
-    entries = [settings for _, settings, _ in BUDGET_LADDER] + [SMALL_TEXT_MODEL[0]]
-    for e in entries:
+    for _, e, _ in BUDGET_LADDER:  # DECAY is given to one-layer ladder entries only
         same = shape == (e["layers"], e["hidden"], e["embed"], e["batch_size"], e["seq_len"])
-        decayed = config.schedule == DECAY["schedule"] and config.min_lr_ratio == 0
-        if same and e["layers"] == 1 and decayed and math.isclose(
-            config.lr, e["lr"] * PEAK_LR_SCALE
-        ):
+        if same and math.isclose(config.lr, e["lr"] * PEAK_LR_SCALE):
             return e["lr"]
     return config.lr
 
