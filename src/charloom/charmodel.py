@@ -18,7 +18,7 @@ from .errors import CharloomError
 from .evaluate import EvalResult, evaluate_ids
 from .model import CharRNN
 from .modelconfig import ModelConfig
-from .nextchar import DEFAULT_PRIME, SampleSettings
+from .nextchar import DEFAULT_LENGTH, DEFAULT_PRIME, SampleSettings
 from .sample import generate_blocks, sample, sample_documents
 from .samplestream import SampleStream, request_pieces
 from .vocab import UNKNOWN_CHOICES, Vocab
@@ -121,7 +121,7 @@ class CharModel:
     def sample(
         self,
         prime: str | None = None,
-        length: int = 200,
+        length: int = DEFAULT_LENGTH,
         temperature: float = SampleSettings.temperature,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -167,7 +167,7 @@ class CharModel:
     def documents(
         self,
         prime: str | None = None,
-        length: int = 200,
+        length: int = DEFAULT_LENGTH,
         temperature: float = SampleSettings.temperature,
         top_k: int | None = None,
         top_p: float | None = None,
@@ -226,7 +226,7 @@ class CharModel:
     def stream(
         self,
         prime: str = DEFAULT_PRIME,
-        length: int = 200,
+        length: int = DEFAULT_LENGTH,
         temperature: float = SampleSettings.temperature,
         top_k: int | None = None,
         top_p: float | None = None,

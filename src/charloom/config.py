@@ -21,7 +21,7 @@ from typing import Any
 from .documents import DOCUMENT_MODES
 from .errors import CharloomError
 from .modelconfig import PATHS, ModelConfig
-from .nextchar import DEFAULT_PRIME
+from .nextchar import DEFAULT_LENGTH, DEFAULT_PRIME, SampleSettings
 from .vocab import VOCAB_KINDS
 
 #: How training cuts the text into batches (``batches.KINDS``; kept here so that offering the
@@ -188,8 +188,10 @@ class TrainConfig:
         600.0, cli=False, flag="--checkpoint-every"
     )
     sample_prime: str = _setting(DEFAULT_PRIME, "text the progress samples start from")
-    sample_length: int = _setting(200, "characters per progress sample", min=0)
-    sample_temperature: float = _setting(0.8, "temperature of the progress samples")
+    sample_length: int = _setting(DEFAULT_LENGTH, "characters per progress sample", min=0)
+    sample_temperature: float = _setting(
+        SampleSettings.temperature, "temperature of the progress samples"
+    )
     log_style: str = _setting(
         "bar", "console output: a progress bar, or the lecture's lines", choices=LOG_STYLES
     )

@@ -21,6 +21,8 @@ from .errors import CharloomError
 #: Python API, the server and the samples printed during training. A documents-mode model's
 #: samples start from the start-of-document marker instead (no prime).
 DEFAULT_PRIME = "Th"
+#: How many new characters a sample has when no length is given (the lecture's).
+DEFAULT_LENGTH = 200
 
 
 @dataclass

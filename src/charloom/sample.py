@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import fastgen
 from .errors import CharloomError
 from .model import CharRNN, State
-from .nextchar import DEFAULT_PRIME, SampleSettings, Uniforms
+from .nextchar import DEFAULT_LENGTH, DEFAULT_PRIME, SampleSettings, Uniforms
 from .npgen import GenWeights
 from .samplestream import SampleStream, request_pieces, text_pieces, whole_texts
 from .vocab import Vocab
@@ -336,7 +336,7 @@ def sample(
     model: CharRNN,
     vocab: Vocab,
     prime: str = DEFAULT_PRIME,
-    length: int = 200,
+    length: int = DEFAULT_LENGTH,
     settings: SampleSettings | None = None,
     num_samples: int = 1,
     seed: int | None = None,

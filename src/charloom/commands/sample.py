@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``sample`` to ``subparsers``."""
-    from ..nextchar import DEFAULT_PRIME
+    from ..nextchar import DEFAULT_LENGTH, DEFAULT_PRIME, SampleSettings
 
     s = subparsers.add_parser("sample", help="generate text from a trained model")
     s.add_argument("run", metavar="RUN", help="run directory or checkpoint folder")
@@ -28,10 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--length",
         type=int,
-        default=200,
+        default=DEFAULT_LENGTH,
         help="new characters to generate (documents-mode runs: the most per document)",
     )
-    s.add_argument("--temperature", type=finite_float, default=0.8)
+    s.add_argument("--temperature", type=finite_float, default=SampleSettings.temperature)
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--top-p", type=finite_float, default=None)
     s.add_argument("--greedy", action="store_true", help="always take the likeliest character")

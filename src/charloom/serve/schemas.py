@@ -14,7 +14,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..charmodel import DEFAULT_PRIME, CharModel
+from ..charmodel import CharModel
+from ..nextchar import DEFAULT_PRIME
 from ..sample import SampleSettings
 from .limits import ServeLimits
 
@@ -93,8 +94,8 @@ def request_models(limits: ServeLimits, vocab_size: int) -> tuple[type[BaseModel
         prime: str = Field(
             DEFAULT_PRIME,
             max_length=limits.max_prime,
-            description='text to start from (default "Th"; documents mode: none); every '
-            "character must be in the model's vocabulary",
+            description=f'text to start from (default "{DEFAULT_PRIME}"; documents mode: none); '
+            "every character must be in the model's vocabulary",
         )
         documents: bool | None = Field(
             None,
