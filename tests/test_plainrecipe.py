@@ -101,6 +101,8 @@ def test_bad_input_is_one_clear_error():
 def test_the_choice_is_what_charloom_train_picks(tmp_path, monkeypatch):
     # The machine's rate fixed (fp32 the faster), so the rule picks the same thing twice.
     monkeypatch.setattr(presets, "machine_rate", lambda device="cpu": {"fp32": 300, "bf16": 30})
+    # ... and so are the speeds the rule times the candidates at.
+    monkeypatch.setattr(presets, "training_speed", lambda s, p, d="cpu": 60_000.0)
     text = TEXT * 2
     config = presets.preset_config(time=0.5)
     train(config, text=text, out=tmp_path / "run", size_for_budget=True, console=False)

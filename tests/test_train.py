@@ -295,6 +295,49 @@ def test_budget_rule_schedule_and_the_constant_rate():
     assert constant_rate(charloom.TrainConfig().replace(**deep)) == deep["lr"]
 
 
+def test_budget_rule_times_the_candidates_smallest_first():
+    from charloom.presets import BUDGET_LADDER, budget_overrides
+
+    timed = []
+
+    def speed(factor):
+        def measure(settings, precision):
+            timed.append(settings["hidden"] * settings["layers"])
+            reference = next(c for _, e, c in BUDGET_LADDER if e is settings)
+            return reference * factor
+
+        return measure
+
+    fp32 = {"fp32": 100.0, "bf16": 1.0}
+    # At the reference machine's speeds (factor 1) 90 s reach the 30 s entry, not the 180 s one:
+    # the timing stops at the first entry out of reach.
+    assert budget_overrides(90, 1_000_000, fp32, speed(1.0))["hidden"] == 512
+    assert timed == [256, 512, 1024]
+    # Half the speed: 45 reference seconds; a tenth: 9, the smallest entry.
+    assert budget_overrides(90, 1_000_000, fp32, speed(0.5))["hidden"] == 512
+    timed.clear()
+    small = budget_overrides(90, 1_000_000, fp32, speed(0.1))
+    assert (small["hidden"], small["precision"], timed) == (256, "fp32", [256, 512])
+    # Three times the speed: 270 reference seconds, two layers.
+    assert budget_overrides(90, 1_000_000, fp32, speed(3.0))["layers"] == 2
+    # The passes come from the measured speed: 1x256 at 180,000 chars/s for 10 s on 200 KB is
+    # 9 passes (no decaying peak); at a tenth of that speed, 0.9 (the decaying peak).
+    assert "schedule" not in budget_overrides(10, 200_000, fp32, speed(1.0))
+    assert budget_overrides(10, 200_000, fp32, speed(0.1))["schedule"] == "linear"
+
+
+def test_training_speed_probe_is_real_and_leaves_the_random_state():
+    from charloom.presets import training_speed
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    settings = dict(layers=1, hidden=32, embed=16, batch_size=8, seq_len=16)
+    fast = training_speed(settings, "fp32", seconds=0.05)
+    assert torch.equal(torch.get_rng_state(), before)
+    slow = training_speed(dict(settings, hidden=512), "fp32", seconds=0.05)
+    assert 0 < slow < fast  # 16x wider, ~200x the arithmetic per character: slower
+
+
 def test_time_without_size_flags_sizes_the_model(tmp_path, small_text, capsys):
     from charloom.commands import main
 

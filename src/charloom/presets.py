@@ -7,7 +7,7 @@ Flags given by the user override a preset's values.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .config import TrainConfig
 from .errors import CharloomError
@@ -198,17 +198,97 @@ SMALL_TEXT_PASSES = 10
 DROPOUT_BY_PASSES: list[tuple[float, float]] = [(4, 0.1), (10, 0.2), (20, 0.3), (30, 0.5)]
 
 
+#: Seconds the speed probe times one candidate model for (after a warm-up step).
+PROBE_SECONDS = 0.3
+
+#: ``speed(settings, precision)``: characters per second a ladder entry trains at on this machine.
+Speed = Callable[[dict, str], float]
+
+
+def training_speed(
+    settings: dict,
+    precision: str,
+    device: str = "cpu",
+    vocab_size: int = 96,
+    seconds: float = PROBE_SECONDS,
+) -> float:
+    """Characters per second this machine trains the LSTM of ``settings`` at (its ``layers``,
+    ``hidden``, ``embed``, ``batch_size`` and ``seq_len``) in ``precision``: a real training
+    step (forward, loss, backward, Adam) on random characters, timed after one warm-up step for
+    ``seconds`` and at least two steps. Weights and characters come from a private generator:
+    the caller's random state is left as it was."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from .device import PrivateRng, autocast, resolve_device
+    from .model import CharRNN
+
+    dev = resolve_device(device)
+    batch, steps = settings["batch_size"], settings["seq_len"]
+    with PrivateRng(dev, 0).active():
+        model = CharRNN(ModelConfig(kind="lstm", vocab_size=vocab_size, **_shape(settings)))
+        model = model.to(dev)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        ids = torch.randint(vocab_size, (batch, steps + 1), device=dev)
+        x, y = ids[:, :-1], ids[:, 1:]
+
+        def step() -> None:
+            with autocast(dev, precision):
+                logits, _ = model(x)
+            loss = F.cross_entropy(logits.float().reshape(-1, vocab_size), y.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step()  # the first step allocates and picks kernels: not timed
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        done, start = 0, time.perf_counter()
+        while done < 2 or time.perf_counter() - start < seconds:
+            step()
+            done += 1
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return done * batch * steps / (time.perf_counter() - start)
+
+
+def rate_speed(rates: dict[str, float]) -> Speed:
+    """The speed of a ladder entry extrapolated from the matrix-multiply rates: the entry's
+    reference speed scaled by this machine's rate over :data:`REFERENCE_GFLOPS` (what the
+    budget rule used before it timed the candidates; kept for tests and as a model)."""
+
+    def speed(settings: dict, precision: str) -> float:
+        return _reference_speed(settings) * rates[precision] / REFERENCE_GFLOPS
+
+    return speed
+
+
+def _reference_speed(settings: dict) -> float:
+    for _, entry, chars_per_s in [*BUDGET_LADDER, (0, *SMALL_TEXT_MODEL)]:
+        if entry is settings or entry == settings:
+            return chars_per_s
+    raise KeyError(settings)
+
+
 def budget_overrides(
-    seconds: float, train_chars: int, rates: dict[str, float] | None = None
+    seconds: float,
+    train_chars: int,
+    rates: dict[str, float] | None = None,
+    speed: Speed | None = None,
 ) -> dict:
     """Model size, batch, learning rate and precision for a ``seconds`` budget on
     ``train_chars`` characters of training text.
 
     1. Precision: bf16 where the machine multiplies bf16 matrices at least 1.3x faster than
-       fp32 (CPUs with AVX-512 bf16 or AMX, recent GPUs), else fp32.
-    2. The budget in reference-machine seconds: ``seconds * rate / REFERENCE_GFLOPS``, with the
-       machine's rate in that precision; the largest ladder entry it reaches is taken.
-    3. Passes over the text the run will make (the entry's measured speed times the budget,
+       fp32 (``rates``: CPUs with AVX-512 bf16 or AMX, recent GPUs), else fp32.
+    2. The budget in reference-machine seconds, entry by entry: ``seconds`` times the speed
+       the entry trains at here (``speed``: timed by :func:`training_speed` in
+       :func:`size_for_budget`; default, extrapolated from ``rates``) over its speed on the
+       reference machine. The largest entry whose threshold its budget reaches is taken (the
+       entries are timed smallest first, and the timing stops at the first one out of reach).
+    3. Passes over the text the run will make (the chosen entry's speed here times the budget,
        over the text's length). A one-layer entry that would read the text more than
        ``SMALL_TEXT_PASSES`` times (from 30 reference seconds) gives way to
        ``SMALL_TEXT_MODEL``; a model of two layers or more gets dropout by its passes
@@ -220,16 +300,20 @@ def budget_overrides(
     """
     rates = rates or {"fp32": REFERENCE_GFLOPS / 4, "bf16": REFERENCE_GFLOPS}
     precision = "bf16" if rates["bf16"] >= 1.3 * rates["fp32"] else "fp32"
-    effective = seconds * rates[precision] / REFERENCE_GFLOPS
-    chosen, speed = BUDGET_LADDER[0][1], BUDGET_LADDER[0][2]
-    for threshold, settings, chars_per_s in BUDGET_LADDER:
-        if effective >= threshold:
-            chosen, speed = settings, chars_per_s
+    speed = speed or rate_speed(rates)
+    chosen, here, effective = BUDGET_LADDER[0][1], 0.0, 0.0
+    for threshold, settings, reference in BUDGET_LADDER:
+        entry_speed = speed(settings, precision)
+        entry_effective = seconds * entry_speed / reference
+        if threshold and entry_effective < threshold:
+            break
+        chosen, here, effective = settings, entry_speed, entry_effective
     text = max(1, train_chars)
-    if chosen["layers"] == 1 and effective >= 30 and effective * speed / text > SMALL_TEXT_PASSES:
-        chosen, speed = SMALL_TEXT_MODEL
+    if chosen["layers"] == 1 and effective >= 30 and seconds * here / text > SMALL_TEXT_PASSES:
+        chosen = SMALL_TEXT_MODEL[0]
+        here = speed(chosen, precision)
+    passes = seconds * here / text
     chosen = dict(chosen, precision=precision, dropout=0.0)
-    passes = effective * speed / text
     if chosen["layers"] == 1 and passes <= DECAY_MAX_PASSES:
         chosen.update(DECAY, lr=chosen["lr"] * PEAK_LR_SCALE)
     if chosen["layers"] > 1:
@@ -293,22 +377,35 @@ def _shape(settings: dict) -> dict:
 def size_for_budget(config: TrainConfig, n_chars: int) -> tuple[TrainConfig, str]:
     """``config`` with the model, batch and learning rate the budget rule picks for
     ``config.time`` seconds on ``n_chars`` characters (for a fine-tuning run: the parent's size
-    with the precision and dropout the rule picks for it), and a note saying so."""
+    with the precision and dropout the rule picks for it), and a note saying so. The candidate
+    models are timed on this machine (:func:`training_speed`, a fraction of a second each, with
+    ``config.threads`` threads)."""
     assert config.time is not None
-    from .device import resolve_device  # torch: only when a budget is sized, not with the CLI
+    from .device import resolve_device, torch_threads  # torch: only when a budget is sized
 
-    rates = machine_rate(resolve_device(config.device).type)
-    train_chars = int(n_chars * (1 - config.val_fraction))
-    if config.init_from:
-        chosen = parent_budget_overrides(config.time, train_chars, config.model, rates)
-    else:
-        chosen = budget_overrides(config.time, train_chars, rates)
+    device = resolve_device(config.device).type
+    timed: dict[str, float] = {}
+
+    def speed(settings: dict, precision: str) -> float:
+        chars_per_s = training_speed(settings, precision, device)
+        timed[f"{settings['layers']}x{settings['hidden']}"] = chars_per_s
+        return chars_per_s
+
+    with torch_threads(config.threads):
+        rates = machine_rate(device)
+        train_chars = int(n_chars * (1 - config.val_fraction))
+        if config.init_from:
+            chosen = parent_budget_overrides(config.time, train_chars, config.model, rates)
+        else:
+            chosen = budget_overrides(config.time, train_chars, rates, speed)
     config = config.replace(**chosen)
     whose = " (the parent's size)" if config.init_from else ""
+    measured = ", ".join(f"lstm {k} {v:,.0f} chars/s" for k, v in timed.items())
     note = (
         f"sized for a {config.time:g} s budget on {n_chars:,} chars "
-        f"(matmul {rates['fp32']:,.0f} GFLOP/s fp32, {rates['bf16']:,.0f} bf16): "
-        f"{config.model.kind} {config.model.layers}x{config.model.hidden}{whose}, "
+        f"(matmul {rates['fp32']:,.0f} GFLOP/s fp32, {rates['bf16']:,.0f} bf16"
+        + (f"; timed here: {measured}" if measured else "")
+        + f"): {config.model.kind} {config.model.layers}x{config.model.hidden}{whose}, "
         f"{config.precision}, dropout {config.model.dropout:g}, "
         f"batch {config.batch_size}x{config.seq_len}, lr {config.lr:g}"
     )

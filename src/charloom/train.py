@@ -428,13 +428,15 @@ def train(
     else:
         config, data = load_data(config, **reading)
     notes = []
-    if size_for_budget and config.time is not None:
-        config, sizing = sized_for_budget(config, data.text_chars)
-        notes.append(sizing)
     if config.tensorboard:
         require_tensorboard()
-    # Under torchrun, rank 0 picks (and later writes) the run directory; the others learn it.
     group = distributed.join(resolve_device(config.device))
+    if size_for_budget and config.time is not None:
+        # Timed on rank 0 only, and handed to the others: every rank trains the same model.
+        sizing = (sized_for_budget, config, data.text_chars)
+        config, note = group.on_main(*sizing) if group else sizing[0](*sizing[1:])
+        notes.append(note)
+    # Under torchrun, rank 0 picks (and later writes) the run directory; the others learn it.
     source = data.source
     default = rundir.default_name(source.corpus, source.paths) if source else "run"
     pick = (rundir.new_run_dir, out, name or default, overwrite)
