@@ -90,7 +90,8 @@ def run_arm(arm: str, path: Path, text: str, held_out: str, budget: float, work:
     model = charloom.load(out)
     result = model.evaluate(held_out)
     per_char = result.loss * result.chars / (len(held_out) - 1)
-    training = model.training
+    # The run's whole course is in latest/; the model scored is best/ (charloom eval's choice).
+    latest = json.loads((out / "latest" / "config.json").read_text())["training"]
     m = model.config
     return {
         "text": path.stem,
@@ -99,8 +100,8 @@ def run_arm(arm: str, path: Path, text: str, held_out: str, budget: float, work:
         "held_out_nats_per_char": round(per_char, 4),
         "held_out_symbols": result.chars,
         "model": f"{m.kind} {m.layers}x{m.hidden}, dropout {m.dropout:g}, {model.vocab.kind}",
-        "iterations": training.get("iterations"),
-        "best_iteration": training.get("best_iteration"),
+        "iterations": latest.get("iterations"),
+        "best_iteration": latest.get("best_iteration"),
         "wall_s": round(wall, 1),
         "command": " ".join(["charloom", *argv[3:]]),
     }

@@ -14,8 +14,12 @@ time as the machine's.
 
 The data is text the project may redistribute:
 
-- the Python documentation topics that ship with Python (``pydoc_data.topics``, the built-in
-  ``python-docs`` corpus; PSF License Version 2);
+- the Python documentation's reStructuredText sources (tutorial, FAQs, HOWTOs, library and
+  language reference, "What's New" essays; PSF License Version 2), as Debian's
+  ``python3.11-doc`` package ships them, with the markup reduced to its text
+  (:func:`rst_text`); the change log, the index and the C API and distutils references are left out.
+  Get them with ``apt-get download python3.11-doc && dpkg-deb -x python3.11-doc_*.deb pkg``
+  and pass ``--python-docs pkg/usr/share/doc/python3.11/html/_sources``;
 - tiny shakespeare (``/work/shared/data/tinyshakespeare.txt``; Shakespeare's plays, public domain)
   EXCLUDING its last 100,000 bytes: ``bench/finetune.py`` fine-tunes on exactly that slice and
   evaluates on its last 10%, so the base model must never have read it.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import sys
 import time
@@ -37,12 +42,21 @@ from pathlib import Path
 
 import charloom
 from charloom.bench import machine
-from charloom.corpus import load_builtin
 from charloom.presets import machine_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_BASE = ROOT / "src" / "charloom" / "base"
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
+PYTHON_DOCS = Path("/tmp/pydoc/x/usr/share/doc/python3.11/html/_sources")
+#: Documentation sources left out: lists of issue numbers, the index, and the C API and
+#: distutils references (declarations more than prose).
+DOCS_LEFT_OUT = (
+    "whatsnew/changelog.rst.txt",
+    "genindex",
+    "contents.rst.txt",
+    "c-api/",
+    "distutils/",
+)
 #: The tail of tiny shakespeare that bench/finetune.py fine-tunes and evaluates on.
 HELD_BACK_BYTES = 100_000
 #: The files of a checkpoint folder that the package ships (no optimiser state).
@@ -59,8 +73,8 @@ SETTINGS = dict(
     seq_len=128,
     lr=3e-3,
     warmup=100,
-    iters=2000,
-    val_fraction=0.05,
+    iters=3600,
+    val_fraction=0.02,
     eval_every=250,
     sample_every=1000,
     log_every=50,
@@ -68,12 +82,137 @@ SETTINGS = dict(
     threads=2,
 )
 #: The iterations at the end of each stage: the first trains, each later one resumes the run.
-STAGES = (2000,)
+STAGES = (3600,)
 
 
-def base_text(shakespeare: Path) -> tuple[str, list[dict]]:
-    """The training text and a description of each part (name, licence, size, SHA-256)."""
-    docs = load_builtin("python-docs")
+#: Directives whose block is dropped whole (no prose in them).
+_DROPPED = {
+    "index",
+    "toctree",
+    "highlight",
+    "sectionauthor",
+    "moduleauthor",
+    "testsetup",
+    "testcleanup",
+    "only",
+    "raw",
+    "include",
+    "literalinclude",
+    "image",
+    "figure",
+    "tabularcolumns",
+    "productionlist",
+    "opcode",
+    "c:macro",
+    "audit-event-table",
+    "impl-detail",
+    "testoutput",
+    "xmlsection",
+    "rubric",
+    "csv-table",
+    "availability",
+}
+_DIRECTIVE = re.compile(r"^(\s*)\.\. ([\w:-]+)::\s*(.*)$")
+_ROLE = re.compile(r":[\w:.-]+:`!?~?([^`<]*?)(?:\s*<[^`>]*>)?`")
+_ADORNMENT = re.compile(r"^([=\-~^*#+\\'\".`:_])\1{2,}\s*$")
+
+
+def rst_text(source: str) -> str:
+    """The readable text of a reStructuredText file: roles become their text (``:func:`len` ``
+    -> ``len``), literals lose their backquotes, section underlines, labels, comments, index
+    entries and other blocks without prose are dropped, and a directive such as
+    ``.. function:: len(s)`` keeps its argument (``len(s)``). Code examples stay as they are."""
+    out: list[str] = []
+    skip_indent: int | None = None  # inside a dropped block: its directive's indentation
+    for line in source.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if skip_indent is not None:
+            if not stripped or indent > skip_indent:
+                continue
+            skip_indent = None
+        m = _DIRECTIVE.match(line)
+        if m:
+            name, argument = m.group(2), m.group(3)
+            if name in _DROPPED:
+                skip_indent = indent
+            elif argument:
+                out.append(m.group(1) + _ROLE.sub(r"\1", argument))
+            continue
+        if stripped.startswith(".."):  # a label, a substitution or a comment (and its block)
+            skip_indent = indent
+            continue
+        if _ADORNMENT.match(line) or (
+            stripped.startswith(":")
+            and stripped.count(":") >= 2
+            and stripped.split(":")[1] in _FIELD_OPTIONS
+        ):
+            continue
+        line = _ROLE.sub(r"\1", line).replace("``", "")
+        out.append(line.rstrip())
+    text = "\n".join(out)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+#: Directive options (``:module:``, ``:noindex:`` ...) dropped from the text.
+_FIELD_OPTIONS = {
+    "module",
+    "noindex",
+    "synopsis",
+    "platform",
+    "deprecated",
+    "maxdepth",
+    "numbered",
+    "hidden",
+    "titlesonly",
+    "glob",
+    "caption",
+    "linenos",
+    "options",
+    "async",
+    "abstractmethod",
+    "classmethod",
+    "staticmethod",
+    "type",
+    "value",
+    "annotation",
+    "final",
+    "no-index",
+    "emphasize-lines",
+    "header",
+    "widths",
+}
+
+
+def python_docs_text(sources: Path) -> str:
+    """The text of every documentation source under ``sources`` (sorted by path), but
+    :data:`DOCS_LEFT_OUT`, each reduced by :func:`rst_text`."""
+    files = sorted(sources.rglob("*.rst.txt"))
+    if not files:
+        raise SystemExit(f"no documentation sources (*.rst.txt) under {sources}: see --python-docs")
+    kept = [f for f in files if not any(x in f.as_posix() for x in DOCS_LEFT_OUT)]
+    return "\n\n".join(rst_text(f.read_text(encoding="utf-8")) for f in kept)
+
+
+def docs_package_version(sources: Path) -> str:
+    """The Debian version of the package ``sources`` came from (its change log's first line),
+    or ``"unknown"``."""
+    import gzip
+
+    for folder in sources.parents:
+        log = folder / "python3.11-doc" / "changelog.Debian.gz"
+        if log.exists():
+            with gzip.open(log, "rt", encoding="utf-8") as f:
+                first = f.readline()
+            return first.split("(", 1)[1].split(")", 1)[0] if "(" in first else "unknown"
+    return "unknown"
+
+
+def base_text(shakespeare: Path, docs_sources: Path) -> tuple[str, list[dict]]:
+    """The training text and a description of each part (name, licence, size, SHA-256). The
+    Python documentation comes first, Shakespeare last, so the validation text (the run's last
+    ``val_fraction``) is Shakespeare's."""
+    docs = python_docs_text(docs_sources)
     raw = shakespeare.read_bytes()
     if len(raw) <= HELD_BACK_BYTES:
         raise SystemExit(f"{shakespeare} is too short to hold back {HELD_BACK_BYTES:,} bytes")
@@ -82,8 +221,9 @@ def base_text(shakespeare: Path) -> tuple[str, list[dict]]:
     parts = [
         (
             "python-docs",
-            "Python documentation topics (pydoc_data.topics, Python "
-            f"{sys.version.split()[0]}); PSF License Version 2",
+            "The Python 3.11 documentation's sources (Debian's python3.11-doc package, "
+            f"version {docs_package_version(docs_sources)}; markup reduced to its text; change "
+            "log, index, C API and distutils left out); PSF License Version 2",
             docs,
         ),
         (
@@ -104,8 +244,8 @@ def base_text(shakespeare: Path) -> tuple[str, list[dict]]:
     return "\n\n".join(text for _, _, text in parts), described
 
 
-def train(out: Path, shakespeare: Path, command: str) -> tuple[Path, dict]:
-    text, parts = base_text(shakespeare)
+def train(out: Path, shakespeare: Path, docs: Path, command: str) -> tuple[Path, dict]:
+    text, parts = base_text(shakespeare, docs)
     config = charloom.TrainConfig().replace(**SETTINGS)
     start = time.time()
     charloom.train(config, text=text, out=out, overwrite=True, progress_bar=False)
@@ -121,9 +261,9 @@ def train(out: Path, shakespeare: Path, command: str) -> tuple[Path, dict]:
     return out, record
 
 
-def extend(out: Path, shakespeare: Path, command: str, iters: int) -> tuple[Path, dict]:
+def extend(out: Path, shakespeare: Path, docs: Path, command: str, iters: int) -> tuple[Path, dict]:
     """A later stage: resume ``out`` to ``iters`` iterations."""
-    text, _ = base_text(shakespeare)
+    text, _ = base_text(shakespeare, docs)
     record = json.loads((out / "base_training.json").read_text())
     start = time.time()
     trainer = charloom.load_trainer(out, {"iters": iters}, text=text, progress_bar=False)
@@ -143,8 +283,8 @@ def export(run: Path, record: dict) -> None:
         "name": "base",
         "description": (
             "charloom's built-in base model: a small byte-level LSTM trained on the Python "
-            "documentation and Shakespeare, made to be fine-tuned (charloom train TEXT "
-            "--init-from base) or sampled as it is."
+            "documentation (tutorial, FAQs, HOWTOs, references, essays) and Shakespeare, made "
+            "to be fine-tuned (charloom train TEXT --init-from base) or sampled as it is."
         ),
         "model": config["model"],
         "vocab": config["vocab"],
@@ -193,6 +333,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/base-train", help="run directory for the training")
     ap.add_argument("--shakespeare", default=str(SHAKESPEARE), help="tiny shakespeare's path")
+    ap.add_argument(
+        "--python-docs",
+        default=str(PYTHON_DOCS),
+        help="the documentation sources (_sources) of Debian's python3.11-doc package",
+    )
+    ap.add_argument("--show-text", action="store_true", help="print the training text and stop")
     ap.add_argument("--export", metavar="RUN", help="only export RUN (already trained)")
     ap.add_argument(
         "--stage", type=int, choices=range(1, len(STAGES) + 1), help="run only this stage"
@@ -204,14 +350,17 @@ def main() -> None:
         record_file = run / "base_training.json"
         record = json.loads(record_file.read_text()) if record_file.exists() else {}
     else:
-        run, shakespeare = Path(args.out), Path(args.shakespeare)
+        run, shakespeare, docs = Path(args.out), Path(args.shakespeare), Path(args.python_docs)
+        if args.show_text:
+            sys.stdout.write(base_text(shakespeare, docs)[0])
+            return
         for stage, iters in enumerate(STAGES, 1):
             if args.stage not in (None, stage):
                 continue
             if stage == 1:
-                run, record = train(run, shakespeare, command.strip())
+                run, record = train(run, shakespeare, docs, command.strip())
             else:
-                run, record = extend(run, shakespeare, command.strip(), iters)
+                run, record = extend(run, shakespeare, docs, command.strip(), iters)
     export(run, record)
 
 
