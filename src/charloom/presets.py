@@ -254,24 +254,6 @@ def training_speed(
         return done * batch * steps / (time.perf_counter() - start)
 
 
-def rate_speed(rates: dict[str, float]) -> Speed:
-    """The speed of a ladder entry extrapolated from the matrix-multiply rates: the entry's
-    reference speed scaled by this machine's rate over :data:`REFERENCE_GFLOPS` (what the
-    budget rule used before it timed the candidates; kept for tests and as a model)."""
-
-    def speed(settings: dict, precision: str) -> float:
-        return _reference_speed(settings) * rates[precision] / REFERENCE_GFLOPS
-
-    return speed
-
-
-def _reference_speed(settings: dict) -> float:
-    for _, entry, chars_per_s in [*BUDGET_LADDER, (0, *SMALL_TEXT_MODEL)]:
-        if entry is settings or entry == settings:
-            return chars_per_s
-    raise KeyError(settings)
-
-
 def budget_overrides(
     seconds: float,
     train_chars: int,
@@ -300,10 +282,16 @@ def budget_overrides(
     """
     rates = rates or {"fp32": REFERENCE_GFLOPS / 4, "bf16": REFERENCE_GFLOPS}
     precision = "bf16" if rates["bf16"] >= 1.3 * rates["fp32"] else "fp32"
-    speed = speed or rate_speed(rates)
+
+    def speed_here(settings: dict, reference: float) -> float:
+        # Timed, or else extrapolated: the reference speed scaled by the matmul rates.
+        if speed is not None:
+            return speed(settings, precision)
+        return reference * rates[precision] / REFERENCE_GFLOPS
+
     chosen, here, effective = BUDGET_LADDER[0][1], 0.0, 0.0
     for threshold, settings, reference in BUDGET_LADDER:
-        entry_speed = speed(settings, precision)
+        entry_speed = speed_here(settings, reference)
         entry_effective = seconds * entry_speed / reference
         if threshold and entry_effective < threshold:
             break
@@ -311,7 +299,7 @@ def budget_overrides(
     text = max(1, train_chars)
     if chosen["layers"] == 1 and effective >= 30 and seconds * here / text > SMALL_TEXT_PASSES:
         chosen = SMALL_TEXT_MODEL[0]
-        here = speed(chosen, precision)
+        here = speed_here(*SMALL_TEXT_MODEL)
     passes = seconds * here / text
     chosen = dict(chosen, precision=precision, dropout=0.0)
     if chosen["layers"] == 1 and passes <= DECAY_MAX_PASSES:
