@@ -22,6 +22,7 @@ from charloom.sample import (
     SampleSettings,
     TorchGenerator,
     engine_in_use,
+    next_token_distribution,
     pick,
     sample,
 )
@@ -64,6 +65,26 @@ def test_torch_engine_is_the_cell_path(kind, layers):
     assert torch.equal(got_logits, logits)
     fused, _ = model.step(ids[-1], None)  # and close to the fused module, which training uses
     assert fused.shape == (3, 100)
+
+
+@pytest.mark.parametrize("temperature", [1e-6, 0.5, 0.8, 1.3])
+def test_the_plain_draw_is_the_general_one(temperature):
+    # Temperature alone takes a shorter path through pick (softmax, then searchsorted); it
+    # draws what the general path (the distribution, cumsum, counting) draws, and a tiny
+    # temperature is the greedy choice, without NaN.
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(64, 100, generator=gen) * 4
+    u = torch.rand(64, generator=gen)
+    settings = SampleSettings(temperature=temperature)
+    probs = next_token_distribution(logits, settings)
+    cdf = torch.cumsum(probs, dim=-1)
+    want = (cdf < u.unsqueeze(1) * cdf[:, -1:]).sum(dim=-1).clamp(max=99)
+    got = pick(logits, settings, u)
+    assert torch.equal(got, want)
+    if temperature < 1e-3:
+        assert torch.equal(got, logits.argmax(dim=-1))
+    # top-p of 1 keeps everything: the plain path too
+    assert torch.equal(pick(logits, SampleSettings(temperature, top_p=1.0), u), got)
 
 
 @needs_numba

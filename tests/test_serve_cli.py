@@ -37,6 +37,9 @@ def test_without_fastapi_it_says_how_to_install_it(capsys, monkeypatch, tmp_path
         (["--max-length", "0"], "--max-length"),
         (["--host", ""], "--host"),
         (["--threads", "0"], "--threads"),
+        (["--chunk-ms", "0"], "--chunk-ms must be a number in 1..1000"),
+        (["--chunk-ms", "nan"], "--chunk-ms"),
+        (["--chunk-ms", "5000"], "--chunk-ms must be a number in 1..1000"),
     ],
 )
 def test_bad_options_are_one_line_errors(capsys, tmp_path, args, says):

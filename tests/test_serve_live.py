@@ -62,8 +62,11 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(run_dir):
-    """The server started as the README says: ``charloom serve RUN --port P``."""
-    with bench.running_server(run_dir) as live:
+    """The server started as the README says: ``charloom serve RUN --port P``, delivering
+    text every 2 ms rather than 20: the compiled engine can write a whole 1,500-character
+    sample within one 20 ms chunk, and the tests that watch text arrive in pieces would then
+    see one piece."""
+    with bench.running_server(run_dir, ("--chunk-ms", "2")) as live:
         yield live
 
 

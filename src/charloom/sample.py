@@ -66,10 +66,28 @@ def pick(logits: torch.Tensor, settings: SampleSettings, u: torch.Tensor) -> tor
     ``fastgen.py`` reproduce exactly the same text from the same seed."""
     if settings.greedy:
         return logits.argmax(dim=-1)
-    probs = next_token_distribution(logits, settings)
-    cdf = torch.cumsum(probs, dim=-1)
+    if settings.top_k is None and (settings.top_p is None or settings.top_p >= 1):
+        # Temperature alone, the usual case, in as few tensor operations as it takes: once per
+        # character, each operation's fixed cost is most of a one-stream step's time.
+        cdf = _plain_cdf(logits.float(), settings.temperature)
+    else:
+        cdf = torch.cumsum(next_token_distribution(logits, settings), dim=-1)
     target = u.to(cdf.device, cdf.dtype).unsqueeze(1) * cdf[:, -1:]
-    return (cdf < target).sum(dim=-1).clamp_(max=probs.shape[-1] - 1)
+    return torch.searchsorted(cdf, target).squeeze(1).clamp_(max=cdf.shape[-1] - 1)
+
+
+#: Below this temperature the plain draw shifts the logits by their maximum before dividing
+#: (logits over the temperature could overflow to infinity); above it softmax, which shifts
+#: them itself, is safe.
+_SHIFT_BELOW = 1e-3
+
+
+def _plain_cdf(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Float ``logits (B, V)`` -> the running sum of their softmax at ``temperature``
+    ``(B, V)``: :func:`next_token_distribution` without top-k or top-p, then ``cumsum``."""
+    if temperature < _SHIFT_BELOW:
+        logits = logits - logits.amax(dim=-1, keepdim=True)
+    return torch.softmax(logits / temperature, dim=-1).cumsum_(dim=-1)
 
 
 # torch's own one-step recurrences, what nn.LSTMCell/GRUCell/RNNCell call: the cell path's

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_checkpoint, add_device, int_at_least
+from .options import add_checkpoint, add_device, finite_float, int_at_least
 
 #: The serving limits offered as flags, with what each one bounds (the defaults are ServeLimits').
 _LIMITS = (
@@ -54,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "429 (a quarter of --max-active)",
     )
     sv.add_argument(
+        "--chunk-ms",
+        type=finite_float,
+        default=None,
+        help="milliseconds of generation between deliveries of text, 1..1000 "
+        f"({bounds.chunk_ms:g}): smaller gives smoother streams, larger more throughput",
+    )
+    sv.add_argument(
         "--api-key-file",
         metavar="FILE",
         default=None,
@@ -73,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; limits not given keep ServeLimits' defaults."""
     from ..serve import ServeLimits, serve
 
-    names = [name for name, _ in _LIMITS] + ["max_active_per_client"]
+    names = [name for name, _ in _LIMITS] + ["max_active_per_client", "chunk_ms"]
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     serve(
         args.run,
