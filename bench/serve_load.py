@@ -10,7 +10,8 @@ a subprocess on 127.0.0.1 (a free port) and measures, one phase after another:
   ``--concurrency`` at a time: one by default, so the latency is one request's);
 - ``--streams`` streaming requests of ``--stream-length`` characters, unseeded, then each with
   its own seed: characters per second from the first request sent to the last stream done;
-- the same unseeded streams with the short requests sent alongside them until they end;
+- the same unseeded streams, read by a process of their own, with the short requests sent
+  alongside them from this one until they end;
 - malformed, oversized and out-of-range requests and streams abandoned half-way: the server must
   refuse each politely (4xx, never 5xx), drop the abandoned work, and still answer.
 
@@ -35,8 +36,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,6 +279,7 @@ async def load(
     timeout: float = 120.0,
     seeded: bool = False,
     only_alongside: bool = False,
+    streams_done: Callable[[], bool] | None = None,
 ) -> dict:
     """Streams and short requests at the same time; latencies and errors of each kind.
 
@@ -284,14 +287,15 @@ async def load(
     kept-alive connections, one request at a time on each. ``seeded``: every request brings
     its own seed (it then draws its own random numbers) rather than none (requests with the
     same settings then share the server's). ``only_alongside``: send short requests only while
-    the streams run (at most ``short``)."""
+    the streams run (at most ``short``); ``streams_done``: says when streams run elsewhere (in
+    another process, see :func:`alongside`) have ended, for ``only_alongside``."""
     todo = list(range(short))
     short_results: list[dict] = []
 
     async def short_worker() -> None:
         conn = Connection(base)
         try:
-            while todo and not (only_alongside and all(t.done() for t in stream_tasks)):
+            while todo and not (only_alongside and ended()):
                 n = todo.pop()
                 seed = n if seeded else None
                 result = await guarded(one_short(conn, short_length, seed), timeout)
@@ -300,6 +304,9 @@ async def load(
                 short_results.append(result)
         finally:
             await conn.close()
+
+    def ended() -> bool:
+        return streams_done() if streams_done else all(t.done() for t in stream_tasks)
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     stream_end = [t0]
@@ -338,6 +345,58 @@ async def load(
         if streams
         else None,
     }
+
+
+def alongside(
+    base: str, streams: int, stream_length: int, short: int, short_length: int, concurrency: int
+) -> dict:
+    """Short requests sent while ``streams`` streams run, the streams read by a process of
+    their own (as other users' would be): the short requests' client then has its event loop
+    to itself, and their latency is the server's, not that of a client also parsing 64
+    streams' events. The streams' figures come from that process; the short ones from here."""
+    cmd = [sys.executable, __file__, "--streams-worker", base, str(streams), str(stream_length)]
+    worker = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert worker.stdout is not None
+    out: list[str] = []
+    try:
+        if worker.stdout.readline().strip() != "ready":
+            raise RuntimeError("the streams' process ended before its streams started")
+        reader = threading.Thread(target=lambda: out.append(worker.stdout.read()), daemon=True)
+        reader.start()
+        shorts = asyncio.run(
+            load(
+                base,
+                0,
+                short,
+                0,
+                short_length,
+                concurrency,
+                only_alongside=True,
+                streams_done=lambda: bool(out) or worker.poll() is not None,
+            )
+        )
+        worker.wait(timeout=600)
+        reader.join(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    report = json.loads(out[0])
+    for key in ("short", "short_total", "client_cpu_s"):
+        report[key] = shorts[key]
+    report["short_client_cpu_s"] = report.pop("client_cpu_s")
+    report["errors"] += shorts["errors"]
+    report["error_examples"] += shorts["error_examples"]
+    return report
+
+
+async def streams_worker(base: str, streams: int, stream_length: int) -> dict:
+    """In the streams' own process (:func:`alongside`): start the streams, say ``ready`` on
+    standard output once they have had time to get going, and return their figures."""
+    task = asyncio.create_task(load(base, streams, 0, stream_length, concurrency=0))
+    await asyncio.sleep(0.3)
+    print("ready", flush=True)
+    return await task
 
 
 async def _raw(base: str, payload: bytes) -> bytes:
@@ -554,7 +613,12 @@ def main() -> int:
     ap.add_argument("--short-length", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=1, help="short requests at a time")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--streams-worker", nargs=3, help=argparse.SUPPRESS)  # see alongside()
     args = ap.parse_args()
+    if args.streams_worker:
+        base, n, length = args.streams_worker
+        print(json.dumps(asyncio.run(streams_worker(base, int(n), int(length)))), flush=True)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else train_tiny(Path(tmp) / "tiny")
         report: dict = {"machine": machine()}
@@ -578,9 +642,7 @@ def main() -> int:
                 if cpu is not None:
                     report[key]["server_cpu_s"] = round((server.cpu_seconds() or 0) - cpu, 2)
             n, _, length, short_length, concurrency = streams
-            report["alongside"] = asyncio.run(
-                load(base, n, args.short, length, short_length, concurrency, only_alongside=True)
-            )
+            report["alongside"] = alongside(base, n, length, args.short, short_length, concurrency)
             report["abuse"] = asyncio.run(abuse(base))
         report["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report["targets"] = targets(report)

@@ -111,6 +111,15 @@ def test_concurrent_streams_and_short_requests_all_succeed(server):
     assert report["short_total"]["n"] == 200 and report["stream_total"]["n"] == 64
 
 
+def test_the_benchmark_reads_the_streams_from_a_process_of_their_own(server):
+    # bench/serve_load.py's alongside phase: streams read by a second process, short requests
+    # timed from this one while they run; both sides' figures in one report.
+    report = bench.alongside(server.url, 4, 2000, 50, 20, 1)
+    assert report["errors"] == 0, report["error_examples"]
+    assert report["stream_total"]["n"] == 4 and report["stream_chars_per_s"] > 0
+    assert 0 < report["short_total"]["n"] <= 50
+
+
 def test_bad_requests_are_refused_and_the_server_keeps_answering(server):
     report = asyncio.run(bench.abuse(server.url))
     assert report["failures"] == []
