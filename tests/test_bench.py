@@ -152,7 +152,7 @@ def _fake_suite(monkeypatch, tmp_path, bf16: bool, server: bool = True, quick: b
     monkeypatch.setattr(
         bench,
         "generation_chars_per_s",
-        lambda m, streams, n, engine="auto": (
+        lambda m, streams, n, engine="auto", repeats=3: (
             {"torch": 500.0, "numpy": 700.0}.get(engine, 1000.0) * streams
         ),
     )

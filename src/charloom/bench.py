@@ -158,16 +158,18 @@ class _Lecture:
 GEN_REPEATS = 3
 
 
-def generation_chars_per_s(model: CharRNN, streams: int, n: int, engine: str = "auto") -> float:
+def generation_chars_per_s(
+    model: CharRNN, streams: int, n: int, engine: str = "auto", repeats: int = GEN_REPEATS
+) -> float:
     """New characters per second (all streams together) of ``sample``: text out, as a user gets
-    it from ``charloom sample`` or ``CharModel.sample``; the best of :data:`GEN_REPEATS` runs."""
+    it from ``charloom sample`` or ``CharModel.sample``; the best of ``repeats`` runs."""
     vocab = Vocab.build("printable")
     settings = SampleSettings()
     if engine in ("auto", "numba"):  # the steady state: the compiled engine ready, as after
         fastgen.prepare(wait=True)  # a first run
     sample(model, vocab, "T", 64, settings, streams, seed=0, engine=engine)  # warm up
     best = 0.0
-    for rep in range(GEN_REPEATS):  # the best of a few: a busy moment on a small machine is
+    for rep in range(repeats):  # the best of a few: a busy moment on a small machine is
         start = time.perf_counter()  # not the engine's speed
         texts = sample(model, vocab, "T", n, settings, streams, seed=1 + rep, engine=engine)
         elapsed = time.perf_counter() - start
@@ -364,15 +366,15 @@ def run(quick: bool = False, data: Path | None = None, log=print) -> dict:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(vocab_size=100, **SEED_SIZE)).eval()
     n_ref = 1000 if quick else 3000
-    # The lecture's loop and the torch engine alone (what a machine without numba, or a GPU,
-    # gets for one stream) taken in turns, the best of a few each: a busy moment on a shared
-    # machine then slows neither more than the other.
-    lecture_cps = torch_one = 0.0
+    # Taken in turns, the best of a few each, so a busy moment slows neither side of a ratio:
+    # the lecture's loop and the torch engine alone (what a machine without numba, or a GPU,
+    # gets for one stream); one stream and 64 (the steady state, quick or not).
+    lecture_cps = torch_one = one = many = 0.0
     for _ in range(GEN_REPEATS):
         lecture_cps = max(lecture_cps, n_ref / _timed(lambda: _Lecture(model).generate(n_ref), 0))
         torch_one = max(torch_one, generation_chars_per_s(model, 1, n_ref, engine="torch"))
-    one = generation_chars_per_s(model, 1, 20000 if quick else 100000)
-    many = generation_chars_per_s(model, 64, 4000)  # the steady state, quick or not
+        one = max(one, generation_chars_per_s(model, 1, 20000 if quick else 100000, repeats=2))
+        many = max(many, generation_chars_per_s(model, 64, 4000, repeats=2))
     # The numpy engine alone: the first characters of every CPU sample, and all of them where
     # numba cannot run.
     numpy_one = generation_chars_per_s(model, 1, n_ref, engine="numpy")
