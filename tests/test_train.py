@@ -9,8 +9,9 @@ from conftest import tiny_overrides
 
 import charloom
 from charloom.checkpoint import load_checkpoint
+from charloom.data import load_data
 from charloom.schedule import learning_rate
-from charloom.train import load_trainer
+from charloom.train import Trainer, load_trainer
 
 
 def _metrics(run):
@@ -49,6 +50,31 @@ def test_same_seed_same_run(tmp_path, small_text):
         charloom.train(cfg, text=small_text, out=tmp_path / name, console=False)
         runs.append(_losses(tmp_path / name))
     assert runs[0] == runs[1]
+
+
+def test_the_output_bias_starts_at_the_characters_log_frequencies(small_text):
+    cfg = charloom.preset_config("tiny", **tiny_overrides())
+    cfg, data = load_data(cfg, text=small_text)
+    ids = data.train
+    counts = torch.bincount(ids.long(), minlength=data.vocab.size).double() + 1
+    want = (counts / counts.sum()).log().float()
+    assert torch.allclose(data.log_frequencies(), want, atol=1e-6)
+    trainer = Trainer(cfg, data, "unused")
+    assert torch.equal(trainer.model.head.bias.detach(), data.log_frequencies())
+    # a symbol the training part lacks is rare, not impossible
+    assert bool(torch.isfinite(want).all())
+    # past `most` ids, 16 evenly spaced pieces are counted: the first and the last included
+    most = 16 * 4
+    sampled = data.log_frequencies(most=most)
+    starts = torch.linspace(0, len(ids) - 4, 16).long().tolist()
+    seen = torch.cat([ids[s : s + 4] for s in starts])
+    counts = torch.bincount(seen.long(), minlength=data.vocab.size).double() + 1
+    assert torch.allclose(sampled, (counts / counts.sum()).log().float(), atol=1e-6)
+    assert starts[0] == 0 and starts[-1] == len(ids) - 4
+    # torch: PyTorch's own start, drawn from the seed
+    torch_cfg = cfg.replace(head_bias="torch")
+    other = Trainer(torch_cfg, data, "unused").model.head.bias.detach()
+    assert not torch.allclose(other, data.log_frequencies(), atol=0.1)
 
 
 @pytest.mark.parametrize("batching", ["stream", "portions"])
@@ -92,6 +118,7 @@ def test_seed_preset_is_the_lecture(tmp_path, capsys):
         100,
         128,
     )
+    assert cfg.head_bias == "torch"  # the lecture's nn.Linear starts as PyTorch starts it
     assert (cfg.path, cfg.optimizer, cfg.lr, cfg.iters, cfg.grad_clip) == (
         "cell",
         "adam",

@@ -31,6 +31,8 @@ BATCHINGS = ("stream", "portions")
 BENCH_DATA_ENV = "CHARLOOM_BENCH_DATA"
 
 OPTIMIZERS = ("adamw", "adam")
+#: How the output layer's bias starts (see ``train.unigram_bias``).
+HEAD_BIASES = ("unigram", "torch")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -129,6 +131,13 @@ class TrainConfig:
         "fused",
         "fused nn.LSTM/GRU/RNN (fast) or the per-step cell loop (the lecture's)",
         choices=PATHS,
+    )
+    head_bias: str = _setting(
+        "unigram",
+        "where the output layer's bias starts: unigram (the log frequency of each character in "
+        "the training text, so the first steps need not learn them) or torch (PyTorch's own "
+        "random start, the lecture's)",
+        choices=HEAD_BIASES,
     )
     # optimisation
     optimizer: str = _setting("adamw", "the optimiser", choices=OPTIMIZERS)

@@ -35,6 +35,10 @@ from .vocab import Vocab
 MIN_VAL_CHARS = 2
 
 
+#: The most training ids :meth:`TrainData.log_frequencies` counts.
+UNIGRAM_SAMPLE = 1 << 23
+
+
 @dataclass
 class TrainData:
     """The encoded training and validation text and the vocabulary."""
@@ -58,6 +62,21 @@ class TrainData:
         if self.vocab.end is None:
             return None
         return torch.from_numpy(portion_starts(self.train.numpy(), self.vocab.end, seq_len))
+
+    def log_frequencies(self, most: int = UNIGRAM_SAMPLE) -> torch.Tensor:
+        """``(V,)`` float: the log of each symbol's share of the training ids, counted with one
+        added to every symbol (so one never seen is rare, not impossible); counted over at most
+        ``most`` ids, in 16 evenly spaced pieces when there are more, so a large corpus is not
+        read whole for it. The output layer's starting bias (``head_bias="unigram"``)."""
+        n, size = len(self.train), self.vocab.size
+        pieces = [self.train]
+        if n > most:
+            starts = torch.linspace(0, n - most // 16, 16).long().tolist()
+            pieces = [self.train[start : start + most // 16] for start in starts]
+        counts = torch.ones(size, dtype=torch.float64)
+        for piece in pieces:
+            counts += torch.bincount(piece.long(), minlength=size)[:size].double()
+        return (counts / counts.sum()).log().float()
 
     def write_fingerprints(self, run_dir: str | os.PathLike) -> None:
         """Documents mode: keep the fingerprints of every document of the text in

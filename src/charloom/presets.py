@@ -34,6 +34,7 @@ PRESETS: dict[str, dict] = {
         embed=100,
         hidden=128,
         dropout=0.0,
+        head_bias="torch",
         optimizer="adam",
         lr=0.005,
         weight_decay=0.0,

@@ -76,6 +76,8 @@ class Trainer:
         self.rng = PrivateRng(self.device, cfg.seed)
         with self.rng.active():
             self.model = CharRNN(cfg.model).to(self.device)
+            if cfg.head_bias == "unigram":  # a fine-tune or a resume then loads its own
+                self.model.head.bias.data.copy_(data.log_frequencies())
             if self.dist is not None and self.dist.rank:
                 # Dropout masks differ between ranks as between rows of one batch.
                 torch.manual_seed(rank_seed(cfg.seed, self.dist.rank))
