@@ -53,7 +53,7 @@ def test_same_seed_same_run(tmp_path, small_text):
 
 
 def test_the_output_bias_starts_at_the_characters_log_frequencies(small_text):
-    cfg = charloom.preset_config("tiny", **tiny_overrides())
+    cfg = charloom.preset_config("tiny", **tiny_overrides(head_bias="unigram"))
     cfg, data = load_data(cfg, text=small_text)
     ids = data.train
     counts = torch.bincount(ids.long(), minlength=data.vocab.size).double() + 1

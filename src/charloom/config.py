@@ -133,10 +133,10 @@ class TrainConfig:
         choices=PATHS,
     )
     head_bias: str = _setting(
-        "unigram",
-        "where the output layer's bias starts: unigram (the log frequency of each character in "
-        "the training text, so the first steps need not learn them) or torch (PyTorch's own "
-        "random start, the lecture's)",
+        "torch",
+        "where the output layer's bias starts: torch (PyTorch's own random start, the "
+        "lecture's) or unigram (the log frequency of each character in the training text, so "
+        "the first steps need not learn them; what --time picks for a text read few times)",
         choices=HEAD_BIASES,
     )
     # optimisation
