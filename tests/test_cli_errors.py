@@ -298,6 +298,7 @@ def test_train_unknown_preset(tmp_path, text_file, capsys):
         (["--time", "forever"], "--time"),
         (["--val-fraction", "0.95"], "--val-fraction"),
         (["--model", "transformer"], "--model"),
+        (["--head-bias", "zero"], "--head-bias"),
         (["--no-such-flag"], "--no-such-flag"),
     ],
 )

@@ -31,8 +31,8 @@ BATCHINGS = ("stream", "portions")
 BENCH_DATA_ENV = "CHARLOOM_BENCH_DATA"
 
 OPTIMIZERS = ("adamw", "adam")
-#: How the output layer's bias starts (see ``train.unigram_bias``).
-HEAD_BIASES = ("unigram", "torch")
+#: How the output layer's bias starts (``unigram``: see ``data.TrainData.log_frequencies``).
+HEAD_BIASES = ("torch", "unigram")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
