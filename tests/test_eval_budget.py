@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 from conftest import tiny_overrides
 
 import charloom
@@ -54,15 +55,15 @@ def test_eval_chars_flag_refuses_bad_values(tmp_path, value, needle, capsys):
 
 def test_evaluations_read_the_first_eval_chars_of_the_held_out_text(tmp_path, small_text):
     seen = []
+
+    def check(t) -> None:
+        # The same precision as the run's evaluation (bf16 where the CPU runs it natively).
+        dtype = torch.bfloat16 if t.config.precision == "bf16" else None
+        seen.append((t.last_val, evaluate_ids(t.model, t.data.val[:300], autocast_dtype=dtype)))
+
     cfg = charloom.preset_config("tiny", **tiny_overrides(eval_chars=300, val_fraction=0.2))
     charloom.train(
-        cfg,
-        text=small_text,
-        out=tmp_path / "run",
-        console=False,
-        callbacks={
-            "eval": [lambda t: seen.append((t.last_val, evaluate_ids(t.model, t.data.val[:300])))]
-        },
+        cfg, text=small_text, out=tmp_path / "run", console=False, callbacks={"eval": [check]}
     )
     assert len(seen) == 2
     for got, want in seen:

@@ -12,6 +12,7 @@ import torch
 from conftest import tiny_overrides
 
 import charloom
+from charloom.device import cpu_has_bf16_lstm
 
 
 def test_plotting_keeps_the_callers_matplotlib_backend(tmp_path):
@@ -121,3 +122,12 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_probing_the_cpu_for_a_bf16_lstm_draws_nothing_from_the_callers_generator():
+    # The probe builds a small LSTM (weights drawn at random) on any CPU; a run with precision
+    # `auto` asks it where bf16 is fast, so a caller's seeded stream must not move.
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    cpu_has_bf16_lstm.__wrapped__()  # uncached: the probe itself, every time
+    assert torch.equal(torch.get_rng_state(), before)

@@ -51,10 +51,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 @functools.cache
+@functools.cache
 def cpu_has_bf16_lstm() -> bool:
     """Whether this CPU's torch build runs a fused LSTM under bf16 autocast: oneDNN has no such
-    kernel without AVX-512 (it fails with "could not create a primitive descriptor")."""
-    lstm = torch.nn.LSTM(4, 4)
+    kernel without AVX-512 (it fails with "could not create a primitive descriptor"). Asked
+    once a process; the probe's weights draw nothing from the caller's random generator."""
+    with torch.random.fork_rng(devices=[]):
+        lstm = torch.nn.LSTM(4, 4)
     try:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             lstm(torch.zeros(1, 1, 4))
