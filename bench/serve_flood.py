@@ -22,8 +22,10 @@ The target: key B's p99 during the flood at most twice its p99 alone (p50 and p9
 too). The report also says how many of key A's streams were accepted and refused, and the most
 it had open at once (at most ``--max-active-per-client``, by default a quarter of
 ``--max-active``). ``--compare`` runs the flood again with the share turned off (one client may
-take every slot), to show what it buys. Prints JSON (``--json``) or a Markdown table naming the
-machine. Only 127.0.0.1 is contacted; every phase is bounded in requests and time.
+take every slot), to show what it buys; ``--worker both`` runs it again with the model
+generating in a process of its own (``charloom serve --worker process``) rather than in a
+thread of the server's process (the default). Prints JSON (``--json``) or a Markdown table
+naming the machine. Only 127.0.0.1 is contacted; every phase is bounded in requests and time.
 tests/test_serve_auth_live.py runs a small one.
 """
 
@@ -211,15 +213,17 @@ def measure(
     per_client: int | None = None,
     retry_ms: float = 100.0,
     timeout: float = 120.0,
+    worker: str = "thread",
 ) -> dict:
-    """Start a keyed server on ``run``, measure key B alone and during key A's flood."""
+    """Start a keyed server on ``run``, measure key B alone and during key A's flood.
+    ``worker``: ``charloom serve --worker`` (where the model generates)."""
     keys = (secrets.token_urlsafe(24), secrets.token_urlsafe(24))
     with tempfile.TemporaryDirectory() as tmp:
         key_file = Path(tmp) / "keys"
         key_file.write_text("\n".join(keys) + "\n")
         key_file.chmod(0o600)
         server_args = ("--api-key-file", str(key_file), "--max-length", str(stream_length))
-        server_args += ("--max-connections", str(flood_streams + 64))
+        server_args += ("--max-connections", str(flood_streams + 64), "--worker", worker)
         if per_client is not None:
             server_args += ("--max-active-per-client", str(per_client))
         with running_server(run, server_args) as server:
@@ -248,6 +252,7 @@ def measure(
     p50_alone, p50_during = alone["short"].get("p50_ms"), during["short"].get("p50_ms")
     return {
         "model": f"{info['model']['kind']} {info['model']['layers']}x{info['model']['hidden']}",
+        "worker": worker,
         "max_active": info["limits"]["max_active"],
         "max_active_per_client": share,
         "alone": alone,
@@ -266,7 +271,7 @@ def table(report: dict) -> str:
         f"fp32 matmul {m['fp32_matmul_gflops']:,} GFLOP/s, load average {m['load_average']}",
         f"model: {report['fair']['model']}",
         "",
-        "| share per client | key B alone: p50 / p90 / p99 | in flood: p50 / p90 / p99 | "
+        "| worker, share per client | key B alone: p50 / p90 / p99 | in flood: p50 / p90 / p99 | "
         "p99 ratio (target <= 2x) | key A: accepted / 429 / most open |",
         "|---|---:|---:|---:|---:|",
     ]
@@ -274,7 +279,7 @@ def table(report: dict) -> str:
     def spread(p: dict) -> str:
         return f"{p['p50_ms']} / {p['p90_ms']} / {p['p99_ms']} ms" if p.get("n") else "-"
 
-    for name in ("fair", "unfair"):
+    for name in ("fair", "fair_process", "unfair"):
         r = report.get(name)
         if r is None:
             continue
@@ -283,7 +288,8 @@ def table(report: dict) -> str:
         during = f"{spread(d)} | " + (f"{r['ratio_p99']}x" if d.get("n") else "-")
         during += f" ({failed} of key B's requests failed)" if failed else ""
         lines.append(
-            f"| {r['max_active_per_client']} of {r['max_active']} | {spread(a)} | {during} | "
+            f"| {r['worker']}, {r['max_active_per_client']} of {r['max_active']} | {spread(a)} | "
+            f"{during} | "
             f"{f['accepted']} / {f['refused_429']} / {f['most_open_streams']} |"
         )
     return "\n".join(lines)
@@ -300,6 +306,12 @@ def main() -> int:
     ap.add_argument("--max-active-per-client", type=int, default=None)
     ap.add_argument("--retry-ms", type=float, default=100.0)
     ap.add_argument("--compare", action="store_true", help="also flood with the share off")
+    ap.add_argument(
+        "--worker",
+        choices=("thread", "process", "both"),
+        default="thread",
+        help="charloom serve --worker; both: the process's figures too, measured after",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument(
         "--flood-worker",
@@ -328,7 +340,14 @@ def main() -> int:
             stream_length=args.stream_length,
             retry_ms=args.retry_ms,
         )
-        report["fair"] = measure(run, per_client=args.max_active_per_client, **common)
+        worker = "thread" if args.worker == "both" else args.worker
+        report["fair"] = measure(
+            run, per_client=args.max_active_per_client, worker=worker, **common
+        )
+        if args.worker == "both":
+            report["fair_process"] = measure(
+                run, per_client=args.max_active_per_client, worker="process", **common
+            )
         if args.compare:
             report["unfair"] = measure(run, per_client=MAX_ACTIVE, **common)
         report["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -14,6 +14,7 @@ import torch
 
 from charloom import bench, plainrecipe
 from charloom.model import CharRNN, ModelConfig
+from charloom.serve import throughput
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_generation_speed_counts_new_characters(seed_size_model, streams, monkey
 def test_server_speed_counts_every_streams_new_characters(seed_size_model, seeded, monkeypatch):
     pytest.importorskip("fastapi", reason="needs the serve extra")
     # As above: the clock is read once before the requests go out and once after all are done.
-    monkeypatch.setattr(bench, "time", fake_clock(1.0))
+    monkeypatch.setattr(throughput, "time", fake_clock(1.0))
     assert bench.server_chars_per_s(seed_size_model, 5, 70, seeded) == 5 * 70
 
 

@@ -380,8 +380,9 @@ def _asgi_stream_then_hang_up(app, body: dict, hang_up_after: int, fail_send: bo
     return asyncio.run(main())
 
 
-def test_generation_stops_when_the_client_goes_away(model):
-    app = create_app(model, ServeLimits(max_length=100_000, max_samples=8))
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_generation_stops_when_the_client_goes_away(model, worker):
+    app = create_app(model, ServeLimits(max_length=100_000, max_samples=8), worker=worker)
     before = app.state.scheduler.chars_generated
     chunks, stats = _asgi_stream_then_hang_up(
         app, {"prime": "Th", "length": 100_000, "num_samples": 8, "stream": True}, hang_up_after=3
@@ -393,8 +394,9 @@ def test_generation_stops_when_the_client_goes_away(model):
     assert made < 8 * 100_000 / 10  # stopped long before the end
 
 
-def test_a_connection_lost_before_the_stream_starts_frees_its_place(model):
-    app = create_app(model, ServeLimits(max_length=100_000, max_samples=8))
+@pytest.mark.parametrize("worker", ["thread", "process"])
+def test_a_connection_lost_before_the_stream_starts_frees_its_place(model, worker):
+    app = create_app(model, ServeLimits(max_length=100_000, max_samples=8), worker=worker)
     body = {"prime": "Th", "length": 100_000, "num_samples": 8, "stream": True}
     chunks, stats = _asgi_stream_then_hang_up(app, body, hang_up_after=1, fail_send=True)
     assert chunks == []

@@ -17,8 +17,6 @@ measured.
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import json
 import os
 import platform
@@ -45,6 +43,7 @@ from .model import CharRNN
 from .modelconfig import ModelConfig
 from .presets import preset_config
 from .sample import SampleSettings, engine_in_use, sample
+from .serve.throughput import NO_SERVER, server_available, server_chars_per_s, server_rows
 from .step import TrainStep
 from .vocab import Vocab
 
@@ -175,89 +174,6 @@ def generation_chars_per_s(
         elapsed = time.perf_counter() - start
         best = max(best, sum(len(t) - 1 for t in texts) / elapsed)
     return best
-
-
-#: Why ``server_chars_per_s`` is None where the server cannot run.
-NO_SERVER = "- (FastAPI or uvicorn is missing: pip install 'fastapi>=0.110' 'uvicorn>=0.29')"
-
-
-def server_available() -> bool:
-    """Whether the server's app can be built here: it needs FastAPI (uvicorn is not needed to
-    drive the app in-process)."""
-    return importlib.util.find_spec("fastapi") is not None
-
-
-def server_chars_per_s(model: CharRNN, streams: int, n: int, seeded: bool = False) -> float:
-    """New characters per second of ``streams`` concurrent streaming ``/v1/generate`` requests of
-    ``n`` characters each, unseeded (the default request) or each with its own seed: through the
-    server's ASGI app in this process - validation, the scheduler, server-sent events - as a
-    client gets them, less only the HTTP parsing of a server such as uvicorn."""
-    from .charmodel import CharModel
-    from .serve.app import create_app
-    from .serve.limits import ServeLimits
-
-    vocab = Vocab.build("printable")
-    limits = ServeLimits(max_length=n, max_active=max(512, streams))
-    app = create_app(CharModel(model, vocab, False, {}, Path("bench")), limits)
-
-    async def measure() -> float:
-        try:
-            await _asgi_stream(app, {"prime": "T", "length": 64, "stream": True})  # warm up
-            start = time.perf_counter()
-            made = await asyncio.gather(
-                *(
-                    _asgi_stream(
-                        app,
-                        {"prime": "T", "length": n, "stream": True, "seed": i if seeded else None},
-                    )
-                    for i in range(streams)
-                )
-            )
-            elapsed = time.perf_counter() - start
-        finally:
-            await app.state.scheduler.close()
-        return sum(made) / elapsed
-
-    return asyncio.run(measure())
-
-
-async def _asgi_stream(app: Any, body: dict) -> int:
-    """POST ``body`` to ``/v1/generate`` through the ASGI interface and read the event stream to
-    its end; returns the number of new characters its ``done`` event holds."""
-    sent, pieces = False, []
-
-    async def receive() -> dict:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
-        await asyncio.Event().wait()  # the client stays: wait until the response is over
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        if message["type"] == "http.response.body":
-            pieces.append(message.get("body", b""))
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/generate",
-        "raw_path": b"/v1/generate",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"bench")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    await app(scope, receive, send)
-    last = b"".join(pieces).rstrip().rsplit(b"\n\n", 1)[-1].decode()
-    event, data = (line.split(": ", 1)[1] for line in last.split("\n"))
-    if event != "done":
-        raise CharloomError(f"the server's stream ended with {event}: {data}")
-    return sum(len(c) for c in json.loads(data)["completions"])
 
 
 def _quality_run(data: Path, seconds: str, workdir: Path) -> dict:
@@ -430,15 +346,6 @@ def _fallback_text() -> str:
     return load_builtin("python-docs")
 
 
-def _server_rows(r: dict) -> list[tuple[str, str]]:
-    rows = []
-    for key, what in (("server", "unseeded"), ("server_seeded", "seeded")):
-        cps, ratio = r.get(f"{key}_chars_per_s"), r.get(f"{key}_over_offline")
-        value = f"{cps:,.0f} ({ratio:.2f}x offline)" if cps is not None else NO_SERVER
-        rows.append((f"server, 64 streaming requests, {what} (chars/s)", value))
-    return rows
-
-
 def table(results: dict) -> str:
     r = results
     fp32, bf16 = r["efficiency"]["fp32"], r["efficiency"]["bf16"]
@@ -490,7 +397,7 @@ def table(results: dict) -> str:
             if "gen_numpy_chars_per_s" in r
             else "-",
         ),
-        *_server_rows(r),
+        *server_rows(r),
         ("eval (chars/s, whole command)", f"{r['eval_chars_per_s']:,.0f}"),
     ]
     for key in ("90s", "5m"):

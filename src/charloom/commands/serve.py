@@ -38,6 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_device(sv, "cpu")
     sv.add_argument("--threads", type=int_at_least(1), default=None, help="torch threads")
     sv.add_argument("--access-log", action="store_true", help="log every request")
+    sv.add_argument(
+        "--worker",
+        choices=("thread", "process"),
+        default="thread",
+        help="where the model generates: a thread of the server's process (default), or a "
+        "process of its own (more text per second under heavy load; a short request waits "
+        "longer beside a flood of streams)",
+    )
     bounds = ServeLimits()
     for name, text in _LIMITS:
         sv.add_argument(
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         access_log=args.access_log,
+        worker=args.worker,
         api_key_file=args.api_key_file,
         no_auth=args.no_auth,
         ssl_certfile=args.ssl_certfile,

@@ -15,7 +15,7 @@ if the model itself fails; with API keys, 401 without a valid one (auth.py).
 # run time, and the request models are local to create_app.
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing, asynccontextmanager
 from importlib import resources
 from typing import Any, cast
@@ -28,13 +28,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._version import __version__
 from ..charmodel import CharModel
+from ..errors import CharloomError
 from ..sample import SampleSettings
 from .auth import ApiKeys, KeyAuth
 from .clients import AccessLog, ClientBusy, ClientShares, ShareGuard, client_of, refusal
 from .events import EventStream, sse
 from .jobs import GenerateJob, NextJob
 from .limits import ServeLimits
-from .scheduler import GenerationFailed, Scheduler, ServerBusy
+from .process import ProcessScheduler
+from .scheduler import Admission, GenerationFailed, Scheduler, ServerBusy
 from .schemas import (
     Candidate,
     ErrorResponse,
@@ -199,19 +201,29 @@ def _unknown_chars_error(model: CharModel, field: str, text: str) -> RequestVali
 
 
 # --- the app ----------------------------------------------------------------------------------
+#: Where the generation worker runs: a thread of the server's process (the library's default:
+#: an app made in a test or a notebook starts at once), or a process of its own (``charloom
+#: serve``'s: the event loop then never waits for the worker's interpreter lock; see process.py).
+WORKERS: dict[str, Callable[..., Admission]] = {"thread": Scheduler, "process": ProcessScheduler}
+
+
 def create_app(
     model: CharModel,
     limits: ServeLimits | None = None,
     keys: ApiKeys | None = None,
     access_log: bool = False,
+    worker: str = "thread",
 ) -> FastAPI:
     """A FastAPI app serving ``model`` within ``limits``: API under /v1, playground at /.
     With ``keys``, every path but /healthz and the two pages needs one (see auth.py);
-    ``access_log``: a line per request on the ``charloom.serve.access`` logger."""
+    ``access_log``: a line per request on the ``charloom.serve.access`` logger; ``worker``:
+    ``thread`` or ``process`` (:data:`WORKERS`)."""
     limits = limits or ServeLimits()
     limits.validate()
     vocab = model.vocab
-    scheduler = Scheduler(model.model, vocab, limits.max_active, limits.chunk_ms)
+    if worker not in WORKERS:
+        raise CharloomError(f"worker must be one of {', '.join(WORKERS)}, not {worker!r}")
+    scheduler = WORKERS[worker](model.model, vocab, limits.max_active, limits.chunk_ms)
     shares = ClientShares(limits.per_client)
     GenerateRequest, NextRequest = request_models(limits, vocab.size)
     allowed = {

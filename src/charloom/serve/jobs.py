@@ -54,6 +54,7 @@ class GenerateJob:
     #: Who asked (``clients.Client.id``): the worker takes in the least busy client's first.
     client: str = ""
     quick: bool = False  # short enough to be stepped apart until done (rounds.py)
+    key: int = 0  # the parent's name for it, where the worker is a process (process.py)
     queue: asyncio.Queue | None = None  # what the worker delivers, read on the event loop
     loop: asyncio.AbstractEventLoop | None = None
     #: Samples, as columns of the worker's batch (``num_samples``). Plain attributes rather than
@@ -190,6 +191,7 @@ class NextJob:
     settings: SampleSettings
     top: int
     client: str = ""  # who asked (see GenerateJob.client)
+    key: int = 0  # the parent's name for it, where the worker is a process (process.py)
     cancelled: bool = False
     result: list[tuple[int, float]] = field(default_factory=list)
     future: asyncio.Future | None = None

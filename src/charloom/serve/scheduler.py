@@ -14,14 +14,17 @@ early when a request arrives. A long request therefore delays a short one by abo
 a chunk, never by its length, and a request whose client went away stops costing anything at
 the next chunk boundary.
 
-The worker is one thread of its own, so the event loop keeps answering HTTP between chunks and
-the model keeps stepping while the loop is busy with HTTP. They share little: the loop puts new
-jobs in an inbox and sets ``cancelled`` on abandoned ones; the worker owns everything else about
-a job and hands text back with ``call_soon_threadsafe``.
+The worker (:class:`Scheduler`) is one thread of its own, so the event loop keeps answering HTTP
+between chunks and the model keeps stepping while the loop is busy with HTTP. They share little:
+the loop puts new jobs in an inbox and sets ``cancelled`` on abandoned ones; the worker owns
+everything else about a job and hands text back with ``call_soon_threadsafe``. The event-loop
+side (:class:`Admission`: admitting, refusing, passing text on) is apart from the worker, so the
+same worker can run in a process of its own instead (process.py, ``--worker process``).
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -52,45 +55,45 @@ class GenerationFailed(CharloomError):
     """The model failed while generating (a bug or an exhausted device), not the request."""
 
 
-class Scheduler:
-    """Admits jobs, steps them together in one worker thread, delivers their text."""
+class Admission(abc.ABC):
+    """The event-loop side of a generation worker: admits jobs (or refuses them when full),
+    hands them over, and passes what the worker delivers on to the waiting requests. The worker
+    itself is a thread of this process (:class:`Scheduler`) or a process of its own
+    (``process.ProcessScheduler``)."""
 
-    def __init__(
-        self,
-        model: CharRNN,
-        vocab: Vocab,
-        max_active: int = 512,
-        chunk_ms: float = 20.0,
-        engine: str = "auto",
-    ) -> None:
-        self.model = model
-        self.vocab = vocab
+    def __init__(self, max_active: int = 512) -> None:
         self.max_active = max_active
-        self.chunk_s = chunk_ms / 1000
-        self.stepper = Stepper(model, self.chunk_s, engine)
-        #: The engine that steps the requests: ``numba`` or ``torch``, as ``charloom sample``
-        #: chooses for this model.
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._admitted: set = set()  # jobs submitted and not yet over (event-loop side)
         self._admitted_rows = 0  # their samples
         self._stepping = (0, 0)  # (requests, samples) in the worker's batch (worker side)
-        self._current: list[GenerateJob] = []  # the worker's batch (worker side)
-        self.turns = Turns(self.chunk_s)  # which jobs step, whose text goes out (worker side)
-        self._queue: list[GenerateJob | NextJob] = []  # taken from the inbox, not yet in
         self.chars_generated = 0
         self.requests_served = 0
 
-    # --- the event-loop side ------------------------------------------------------------
-
+    # --- what a worker provides -----------------------------------------------------------
     @property
+    @abc.abstractmethod
     def engine(self) -> str:
         """The engine stepping the requests now: ``numba`` or ``torch`` (``auto`` starts on
         torch while the compiled engine is compiled, and takes it once it is ready)."""
-        return self.stepper.engine
 
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start the worker if it is not running (the first request does it anyway)."""
+
+    @abc.abstractmethod
+    def _hand_over(self, job: GenerateJob | NextJob) -> None:
+        """Give an admitted job to the worker."""
+
+    def _withdraw(self, job: GenerateJob | NextJob) -> None:  # noqa: B027 - optional
+        """Tell the worker that ``job`` was cancelled (a thread sees ``job.cancelled`` itself,
+        so by default nothing)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop the worker (it finishes its current chunk); requests in progress end with an
+        error."""
+
+    # --- the event-loop side ------------------------------------------------------------
     def stats(self) -> dict:
         """What the worker holds now: for /healthz and for tests of cancellation."""
         requests, samples = self._stepping
@@ -101,15 +104,6 @@ class Scheduler:
             "requests_served": self.requests_served,
             "chars_generated": self.chars_generated,
         }
-
-    def start(self) -> None:
-        """Start the worker thread if it is not running (the first request does it anyway)."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._work, name="charloom-generate", daemon=True
-            )
-            self._thread.start()
 
     def _submit(self, job: GenerateJob | NextJob) -> None:
         load = self._admitted_rows
@@ -122,8 +116,7 @@ class Scheduler:
         job.loop = asyncio.get_running_loop()
         self._admitted.add(job)
         self._admitted_rows += job.rows
-        self._inbox.put(job)
-        self._wake.set()
+        self._hand_over(job)
 
     def cancel(self, job: GenerateJob | NextJob) -> None:
         """Stop ``job`` (if it still runs, the worker drops it at its next chunk) and free its
@@ -132,6 +125,7 @@ class Scheduler:
         if job in self._admitted:
             self._admitted.remove(job)
             self._admitted_rows -= job.rows
+            self._withdraw(job)
 
     def generate(self, job: GenerateJob) -> AsyncGenerator[list[str], None]:
         """Submit ``job`` now (raising :class:`ServerBusy` if full) and return an iterator of
@@ -174,19 +168,13 @@ class Scheduler:
         finally:
             self.cancel(job)
 
-    async def close(self) -> None:
-        """Stop the worker (it finishes its current chunk); requests in progress end with an
-        error."""
-        thread, self._thread = self._thread, None
-        self._stop.set()
-        self._wake.set()
+    def _fail_all(self, message: str) -> None:
+        """End every admitted request with an error ``message`` (the worker is gone)."""
         for job in list(self._admitted):
             job.cancelled = True
-            self._deliver(job, [("error", "the server is shutting down")])
+            self._deliver(job, [("error", message)])
         self._admitted.clear()
         self._admitted_rows = 0
-        if thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
 
     def _deliver(self, job: GenerateJob | NextJob, items: list[tuple[str, object]]) -> None:
         """On the event loop: hand the worker's results to the waiting request."""
@@ -213,6 +201,56 @@ class Scheduler:
         for job, items in batch:
             self._deliver(job, items)
 
+
+class Scheduler(Admission):
+    """Admits jobs, steps them together in one worker thread, delivers their text."""
+
+    def __init__(
+        self,
+        model: CharRNN,
+        vocab: Vocab,
+        max_active: int = 512,
+        chunk_ms: float = 20.0,
+        engine: str = "auto",
+    ) -> None:
+        super().__init__(max_active)
+        self.model = model
+        self.vocab = vocab
+        self.chunk_s = chunk_ms / 1000
+        self.stepper = Stepper(model, self.chunk_s, engine)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._current: list[GenerateJob] = []  # the worker's batch (worker side)
+        self.turns = Turns(self.chunk_s)  # which jobs step, whose text goes out (worker side)
+        self._queue: list[GenerateJob | NextJob] = []  # taken from the inbox, not yet in
+
+    @property
+    def engine(self) -> str:
+        return self.stepper.engine
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._work, name="charloom-generate", daemon=True
+            )
+            self._thread.start()
+
+    def _hand_over(self, job: GenerateJob | NextJob) -> None:
+        self._inbox.put(job)
+        self._wake.set()
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        self._wake.set()
+        self._fail_all("the server is shutting down")
+        if thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 10.0)
+
+    # --- the worker thread -------------------------------------------------------------
     def _post(self, job: GenerateJob | NextJob, items: list[tuple[str, object]]) -> None:
         """From the worker thread: deliver ``items`` to ``job`` on its event loop."""
         self._post_all([(job, items)])
@@ -229,7 +267,6 @@ class Scheduler:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._deliver_all, jobs)
 
-    # --- the worker thread -------------------------------------------------------------
     def _work(self) -> None:
         try:  # the first calls set up kernels (or load compiled code): not on a request's time
             self._warm_up()
@@ -239,7 +276,7 @@ class Scheduler:
         while not self._stop.is_set():
             if not jobs and not self._waiting():
                 self._stepping = (0, 0)
-                self._wake.wait(timeout=1.0)
+                self._idle()
             self._wake.clear()
             try:
                 jobs = self._round(jobs)
@@ -290,6 +327,10 @@ class Scheduler:
                 batch_items.append((job, items))
             self._post_all(batch_items)
         return [j for j in jobs if not (j.finished or j.cancelled)]
+
+    def _idle(self) -> None:
+        """Wait for work (a new job, or the stop), at most a second."""
+        self._wake.wait(timeout=1.0)
 
     def _waiting(self) -> bool:
         """Whether a request waits to be taken in (the running batch's chunk ends early)."""

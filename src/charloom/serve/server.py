@@ -25,7 +25,7 @@ from uvicorn.config import LOGGING_CONFIG
 from .. import fastgen
 from ..charmodel import load
 from ..errors import CharloomError
-from .app import create_app
+from .app import WORKERS, create_app
 from .auth import KEYS_ENV, ApiKeys
 from .clients import ACCESS_LOGGER
 from .limits import ServeLimits
@@ -140,6 +140,7 @@ def serve(
     device: str = "cpu",
     threads: int | None = None,
     access_log: bool = False,
+    worker: str = "thread",
     api_key_file: str | os.PathLike | None = None,
     no_auth: bool = False,
     ssl_certfile: str | None = None,
@@ -148,13 +149,16 @@ def serve(
 ) -> None:
     """Serve run ``run`` on ``host:port`` until interrupted. Everything is checked - address,
     limits, keys (``api_key_file`` and ``CHARLOOM_API_KEYS``), certificate, the run - before
-    anything listens. A non-loopback address needs keys, or ``no_auth=True``."""
+    anything listens. A non-loopback address needs keys, or ``no_auth=True``. ``worker``:
+    where the model generates, ``thread`` (of this process) or ``process`` (of its own)."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     limits = limits or ServeLimits()
     limits.validate()
     check_address(host, port)
     if threads is not None and (isinstance(threads, bool) or threads < 1):
         raise CharloomError(f"--threads must be an integer >= 1, not {threads!r}")
+    if worker not in WORKERS:
+        raise CharloomError(f"worker must be one of {', '.join(WORKERS)}, not {worker!r}")
     check_tls(ssl_certfile, ssl_keyfile)
     keys = ApiKeys.gather(api_key_file, warn=say)
     if keys is not None and no_auth:
@@ -173,7 +177,7 @@ def serve(
         sock.close()
         raise
     torch.set_num_threads(threads or default_threads())
-    app = create_app(model, limits, keys=keys, access_log=access_log)
+    app = create_app(model, limits, keys=keys, access_log=access_log, worker=worker)
     # Everything alive now (torch, FastAPI, the model) lives as long as the server: freezing it
     # keeps the garbage collector's full passes from scanning it, which otherwise stalls every
     # request in flight for a tenth of a second now and then. The same goes for numba's
