@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 import multiprocessing
@@ -42,13 +41,12 @@ from typing import Any
 
 import torch
 
-from .. import fastgen
 from ..model import CharRNN
 from ..modelconfig import ModelConfig
 from ..nextchar import SampleSettings
 from ..vocab import Vocab
 from .jobs import GenerateJob, NextJob
-from .scheduler import Admission, Scheduler
+from .scheduler import Admission, Scheduler, freeze_long_lived
 
 log = logging.getLogger("charloom.serve")
 
@@ -72,6 +70,11 @@ def _job_fields(job: GenerateJob | NextJob) -> tuple[str, dict]:
         documents=job.documents,
         client=job.client,
     )
+
+
+def _final(items: list[tuple[str, object]]) -> bool:
+    """Whether a job's delivery ends it (its answer, or an error): nobody cancels it after."""
+    return any(kind in ("done", "error", "result") for kind, _ in items)
 
 
 def _rebuild(kind: str, fields: dict) -> GenerateJob | NextJob:
@@ -175,7 +178,7 @@ class ProcessScheduler(Admission):
                     job = self._jobs.get(key)
                     if job is None:  # cancelled here meanwhile
                         continue
-                    if any(kind in ("done", "error", "result") for kind, _ in items):
+                    if _final(items):
                         del self._jobs[key]  # over: no cancellation needs to go out
                     self._deliver(job, items)
         except (EOFError, OSError):
@@ -262,7 +265,7 @@ class _ChildWorker(Scheduler):
                 continue
             key = job.key
             out.append((key, items))
-            if any(kind in ("done", "error", "result") for kind, _ in items):
+            if _final(items):
                 self._keys.pop(key, None)
         if out or self._stepping != self._sent_stepping:
             self._send(out)
@@ -293,18 +296,6 @@ def child_main(
     model.load_state_dict(weights)
     model = model.to(device).eval()
     worker = _ChildWorker(conn, model, vocab, max_active, chunk_ms, engine)
-    # What lives as long as the worker - torch, the model, and numba's compiled kernels once
-    # they have loaded in the background - is frozen, so that the collector's full passes do
-    # not scan it again and again, stalling the requests in flight (as server.py does).
-    gc.collect()
-    gc.freeze()
-    if fastgen.status() == "compiling":
-        threading.Thread(target=_freeze_when_compiled, name="charloom-freeze", daemon=True).start()
+    freeze_long_lived()  # as the server's own process does
     worker._work()
     conn.close()
-
-
-def _freeze_when_compiled() -> None:
-    if fastgen.prepare(wait=True):
-        gc.collect()
-        gc.freeze()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import gc
 import logging
 import queue
 import threading
@@ -36,6 +37,7 @@ from typing import cast
 
 import torch
 
+from .. import fastgen
 from ..errors import CharloomError
 from ..model import CharRNN
 from ..nextchar import SampleSettings
@@ -45,6 +47,23 @@ from .rounds import Turns, admission_order
 from .stepping import Stepper
 
 log = logging.getLogger("charloom.serve")
+
+
+def freeze_long_lived() -> None:
+    """Freeze what is alive now (torch, the app, the model), and again once numba's compiled
+    kernels (a hundred thousand objects) have loaded in the background, so that the garbage
+    collector's full passes stop scanning them: each such pass stalls every request in flight
+    for a tenth of a second now and then. For a process that serves until it stops."""
+    gc.collect()
+    gc.freeze()
+    if fastgen.status() == "compiling":
+        threading.Thread(target=_freeze_when_compiled, name="charloom-freeze", daemon=True).start()
+
+
+def _freeze_when_compiled() -> None:
+    if fastgen.prepare(wait=True):
+        gc.collect()
+        gc.freeze()
 
 
 class ServerBusy(CharloomError):

@@ -9,26 +9,24 @@ and an address other than loopback is served only with keys, or with an explicit
 from __future__ import annotations
 
 import copy
-import gc
 import ipaddress
 import os
 import socket
 import ssl
 import sys
-import threading
 from collections.abc import Callable
 
 import torch
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from .. import fastgen
 from ..charmodel import load
 from ..errors import CharloomError
 from .app import WORKERS, create_app
 from .auth import KEYS_ENV, ApiKeys
 from .clients import ACCESS_LOGGER
 from .limits import ServeLimits
+from .scheduler import freeze_long_lived
 
 DEFAULT_HOST = "127.0.0.1"  # loopback: serving to other machines must be asked for
 DEFAULT_PORT = 8000
@@ -124,13 +122,6 @@ def log_config(access_log: bool) -> dict:
     return config
 
 
-def _freeze_when_compiled() -> None:
-    """Wait for the compiled engine's kernels, then freeze what is alive (see :func:`serve`)."""
-    if fastgen.prepare(wait=True):
-        gc.collect()
-        gc.freeze()
-
-
 def serve(
     run: str | os.PathLike,
     host: str = DEFAULT_HOST,
@@ -178,15 +169,7 @@ def serve(
         raise
     torch.set_num_threads(threads or default_threads())
     app = create_app(model, limits, keys=keys, access_log=access_log, worker=worker)
-    # Everything alive now (torch, FastAPI, the model) lives as long as the server: freezing it
-    # keeps the garbage collector's full passes from scanning it, which otherwise stalls every
-    # request in flight for a tenth of a second now and then. The same goes for numba's
-    # compiled kernels (a hundred thousand objects), which load in the background: they are
-    # frozen in their turn once loaded.
-    gc.collect()
-    gc.freeze()
-    if fastgen.status() == "compiling":
-        threading.Thread(target=_freeze_when_compiled, name="charloom-freeze", daemon=True).start()
+    freeze_long_lived()  # all alive now lives as long as the server (see the function)
     config = uvicorn.Config(
         app,
         log_level="info" if access_log else "warning",
